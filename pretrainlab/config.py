@@ -1,0 +1,169 @@
+"""The experiment spec: one YAML file, validated by pydantic, drives every stage.
+
+Unknown keys and wrong types fail at load time with the YAML path of the field, what was
+given and what was expected. Imports nothing of ours (every package may import it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SourceFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "mediawiki"]
+DocUnit = Literal["line", "paragraph", "file"]
+
+
+class Strict(BaseModel):
+    """Base for every spec section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(Strict):
+    """One input of the corpus: a path (file, directory or glob) or a named demo dataset."""
+
+    path: str | None = Field(None, description="File, directory or glob; .gz/.bz2/.xz/.zst ok.")
+    dataset: str | None = Field(None, description="A demo dataset from `pretrainlab data fetch`.")
+    format: SourceFormat = Field("auto", description="auto = from the file extension.")
+    text_field: str = Field("text", description="Column/key holding text (CSV, JSONL, Parquet).")
+    doc_per: DocUnit = Field("line", description="Plain text: one document per line/paragraph/file.")
+    limit: int | None = Field(None, ge=1, description="Keep at most this many documents.")
+
+    @model_validator(mode="after")
+    def _one_of_path_or_dataset(self) -> SourceSpec:
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` or `dataset`")
+        return self
+
+
+class CorpusSpec(Strict):
+    sources: list[SourceSpec] = Field(..., min_length=1)
+    min_chars: int = Field(1, ge=1, description="Shorter documents are rejected as empty.")
+    max_chars: int = Field(1_000_000, ge=1, description="Longer documents are rejected.")
+    valid_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="Share of docs in `valid`.")
+    rows_per_shard: int = Field(50_000, ge=1, description="Documents per Parquet part file.")
+
+
+class WordPieceSpec(Strict):
+    kind: Literal["wordpiece"] = "wordpiece"
+    vocab_size: int = Field(8000, ge=64)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+
+
+class BPESpec(Strict):
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = Field(8000, ge=300, description="Byte-level: at least 256 + specials.")
+    min_frequency: int = Field(2, ge=1)
+
+
+class WordLevelSpec(Strict):
+    kind: Literal["wordlevel"] = "wordlevel"
+    vocab_size: int = Field(30000, ge=8)
+    min_count: int = Field(5, ge=1, description="Also word2vec's min_count: one knob, not two.")
+    lowercase: bool = True
+
+
+TokenizerSpec = Annotated[WordPieceSpec | BPESpec | WordLevelSpec, Field(discriminator="kind")]
+
+
+class TokenizersSpec(Strict):
+    """One tokenizer per model family; word2vec and ELMo share the word-level one."""
+
+    bert: WordPieceSpec = WordPieceSpec()
+    gpt: BPESpec = BPESpec()
+    word: WordLevelSpec = WordLevelSpec()
+    max_sentence_tokens: int = Field(256, ge=8, description="Longer sentences are cut.")
+
+
+class TrackingSpec(Strict):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or <store>/mlflow.db."
+    )
+
+
+class Spec(Strict):
+    """A whole experiment. `experiment` names the MLflow experiments and registered models."""
+
+    experiment: str = Field("pretrainlab", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    store: str = Field(".pretrainlab", description="Root of every output (relative to the cwd).")
+    data_dir: str | None = Field(None, description="Demo data cache; default the user cache dir.")
+    tracking: TrackingSpec = TrackingSpec()
+    corpus: CorpusSpec
+    tokenizers: TokenizersSpec = TokenizersSpec()
+
+    def tracking_uri(self) -> str:
+        """The spec's URI, else $MLFLOW_TRACKING_URI, else SQLite under the store."""
+        if self.tracking.uri:
+            return self.tracking.uri
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        return f"sqlite:///{Path(self.store).expanduser().resolve() / 'mlflow.db'}"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the file, the field and the fix."""
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("wordpiece", "bpe", "wordlevel") and parts:
+            continue  # discriminator tag pydantic inserts; not a YAML key
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: {error.error_count()} problem(s) in the spec"]
+    for item in error.errors():
+        where = _field_path(item["loc"])
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {where}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise SpecError(f"override {override!r}: expected KEY=VALUE, e.g. corpus.min_chars=20")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"override {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def spec_from_dict(data: Any, origin: str = "<spec>") -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the spec must be a YAML mapping, got {type(data).__name__}")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(error, origin)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found (try configs/demo.yaml)") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    data = apply_overrides(data or {}, overrides or [])
+    return spec_from_dict(data, str(path))

@@ -1,0 +1,94 @@
+"""Atomic writes: a killed run never leaves a half file that a later run would trust.
+
+Files are written to a temporary name in the same directory and renamed into place;
+directories are built under a temporary name and renamed whole. A directory output is
+complete only when its `_manifest.json` exists: it is the last file written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "_manifest.json"
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; rename it onto `final` only on success."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(final: str | Path, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)
+
+
+def write_json(final: str | Path, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+    return write_bytes(final, (text + "\n").encode("utf-8"))
+
+
+def write_parquet(final: str | Path, table: pa.Table, **options: Any) -> Path:
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, **options)
+    return Path(final)
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; rename it onto `final` on success.
+
+    If `final` already exists complete (another run won the race), the new one is dropped:
+    outputs are content-addressed, so both are the same result.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if is_complete(final):
+            return
+        if final.exists():
+            shutil.rmtree(final)  # an incomplete leftover: never trusted
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    """Mark a directory output complete; the manifest is its summary."""
+    return write_json(Path(directory) / MANIFEST, manifest)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of a complete output, or None when absent or unreadable."""
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(directory: str | Path) -> bool:
+    return read_manifest(directory) is not None

@@ -1,0 +1,65 @@
+"""Where every output lives. One class builds every path; nothing else joins store paths.
+
+<store>/
+  corpus/<corpus_id>/part-*.parquet, rejects.parquet, _manifest.json
+  tokenizers/<tokenizer_id>/tokenizer.json       tokenizer_id = hash of tokenizer.json
+  tokenizers/index/<training_key>.json           training inputs -> tokenizer_id
+  tokens/<tokenizer_id>/<corpus_id>/part-*.parquet
+  models/<family>/<model_key>/                   pretrained weights + checkpoints
+  results/                                       transfer result rows (Parquet)
+  catalog.duckdb                                 rebuildable DuckDB cache
+  mlflow.db, mlartifacts/                        embedded MLflow tracking
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    store: Path
+
+    @classmethod
+    def at(cls, store: str | Path) -> Layout:
+        return cls(Path(store).expanduser().resolve())
+
+    def corpus(self, corpus_id: str) -> Path:
+        return self.store / "corpus" / corpus_id
+
+    @property
+    def corpora(self) -> Path:
+        return self.store / "corpus"
+
+    def tokenizer(self, tokenizer_id: str) -> Path:
+        return self.store / "tokenizers" / tokenizer_id
+
+    def tokenizer_index(self, training_key: str) -> Path:
+        return self.store / "tokenizers" / "index" / f"{training_key}.json"
+
+    def tokens(self, tokenizer_id: str, corpus_id: str) -> Path:
+        return self.store / "tokens" / tokenizer_id / corpus_id
+
+    def model(self, family: str, model_key: str) -> Path:
+        return self.store / "models" / family / model_key
+
+    @property
+    def results(self) -> Path:
+        return self.store / "results"
+
+    @property
+    def catalog(self) -> Path:
+        return self.store / "catalog.duckdb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.store / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.store / "mlartifacts"
+
+    @property
+    def default_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_db}"

@@ -29,6 +29,8 @@ out = Console()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The embedded Prefect API starts in ~5-10 s, far longer on a loaded 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 class OutputFormat(StrEnum):
@@ -78,9 +80,10 @@ def run(
     if stage not in STAGES:
         _fail(PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}"))
     try:
+        statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
         if dry_run:
             table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
-            for status in plan(spec, stage):
+            for status in statuses:
                 mark = "[green]cached[/]" if status.cached else "[yellow]would run[/]"
                 table.add_row(status.stage, mark, status.output, status.detail)
             out.print(table)
@@ -89,8 +92,8 @@ def run(
     except PretrainlabError as error:
         _fail(error)
     for name, result in results.items():
-        hit = "cached" if result.get("cache_hit") else "built"
-        console.print(f"[bold]{name}[/]: {hit} -> {result.get('output', '')}".rstrip(" ->"))
+        hit = "[green]cached[/]" if result.get("cache_hit") else "[yellow]built[/]"
+        console.print(f"[bold]{name}[/] {hit}: {result.get('output', '')}", highlight=False)
 
 
 @data_app.command("fetch")
@@ -112,7 +115,8 @@ def data_fetch(
 
     try:
         paths = demo_data.fetch(
-            names or None, data_dir,
+            names or None,
+            data_dir,
             progress=lambda name, status: console.print(f"  {name}: {status}", highlight=False),
         )
     except PretrainlabError as error:

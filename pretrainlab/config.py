@@ -190,7 +190,8 @@ class Spec(Strict):
     """A whole experiment. `experiment` names the MLflow experiments and registered models."""
 
     experiment: str = Field(
-        "pretrainlab", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        "pretrainlab",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Names the MLflow experiment and registered models <experiment>-<family>.",
     )
     store: str = Field(".pretrainlab", description="Root of every output (relative to the cwd).")

@@ -54,16 +54,39 @@ def write_parquet(final: str | Path, table: pa.Table, **options: Any) -> Path:
     return Path(final)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Delete temp dirs of `final` left by killed runs (their pid is gone); return them."""
+    removed = []
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 @contextmanager
 def atomic_dir(final: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it onto `final` on success.
 
-    If `final` already exists complete (another run won the race), the new one is dropped:
-    outputs are content-addressed, so both are the same result.
+    The temp name carries this process's pid, so leftovers of killed runs are recognised and
+    removed. If `final` already exists complete (another run won the race), the new one is
+    dropped: outputs are content-addressed, so both are the same result.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    remove_stale_temps(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         yield tmp
         if is_complete(final):

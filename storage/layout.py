@@ -4,7 +4,7 @@
   corpus/<corpus_id>/part-*.parquet, rejects.parquet, _manifest.json
   tokenizers/<tokenizer_id>/tokenizer.json       tokenizer_id = hash of tokenizer.json
   tokenizers/index/<training_key>.json           training inputs -> tokenizer_id
-  tokens/<tokenizer_id>/<corpus_id>/part-*.parquet
+  tokens/<tokenizer_id>/<encoding_id>/part-*.parquet  encoding_id = hash(corpus, settings, code)
   models/<family>/<model_key>/                   pretrained weights + checkpoints
   results/                                       transfer result rows (Parquet)
   catalog.duckdb                                 rebuildable DuckDB cache
@@ -38,8 +38,8 @@ class Layout:
     def tokenizer_index(self, training_key: str) -> Path:
         return self.store / "tokenizers" / "index" / f"{training_key}.json"
 
-    def tokens(self, tokenizer_id: str, corpus_id: str) -> Path:
-        return self.store / "tokens" / tokenizer_id / corpus_id
+    def tokens(self, tokenizer_id: str, encoding_id: str) -> Path:
+        return self.store / "tokens" / tokenizer_id / encoding_id
 
     def model(self, family: str, model_key: str) -> Path:
         return self.store / "models" / family / model_key

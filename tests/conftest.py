@@ -7,11 +7,12 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-import random  # noqa: E402
+import random
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow
 
 from flows.ingest import ingest
+from flows.pretrain import pretrain
 from flows.tokenization import tokenization
 from pretrainlab.config import Spec
-from storage.atomic import is_complete
+from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
 from tasks.ingest import plan_corpus_plain
-from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
+from tasks.pretrain import model_dir
+from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
 
-Stage = Literal["ingest", "tokenize"]
-STAGES: tuple[str, ...] = ("ingest", "tokenize")
+Stage = Literal["ingest", "tokenize", "pretrain"]
+STAGES: tuple[str, ...] = ("ingest", "tokenize", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -27,15 +30,37 @@ class StageStatus:
     detail: str
 
 
-def _tokenize_status(spec: Spec, name: str, corpus_id: str, corpus_cached: bool) -> StageStatus:
-    tokenizer = plan_tokenizer(spec, name, corpus_id) if corpus_cached else None
-    if tokenizer is None or tokenizer.tokenizer_id is None:
-        return StageStatus(f"tokenize/{name}", "tokenizers/<trained>", False, "train + encode")
-    shards = Layout.at(spec.store).tokens(tokenizer.tokenizer_id, encoding_id(spec, corpus_id))
-    detail = f"tokenizer {tokenizer.tokenizer_id} cached" + (
-        "" if is_complete(shards) else ", shards to encode"
+def _shards(spec: Spec, name: str, corpus_id: str) -> tuple[str | None, Path | None]:
+    """The tokenizer id and shard directory these inputs map to, when already trained."""
+    tokenizer = plan_tokenizer(spec, name, corpus_id)
+    if tokenizer.tokenizer_id is None:
+        return None, None
+    layout = Layout.at(spec.store)
+    return tokenizer.tokenizer_id, layout.tokens(
+        tokenizer.tokenizer_id, encoding_id(spec, corpus_id)
     )
-    return StageStatus(f"tokenize/{name}", str(shards), is_complete(shards), detail)
+
+
+def _tokenize_status(spec: Spec, name: str, corpus_id: str) -> StageStatus:
+    tokenizer_id, shards = _shards(spec, name, corpus_id)
+    if shards is None:
+        return StageStatus(f"tokenize/{name}", "tokenizers/<trained>", False, "train + encode")
+    done = is_complete(shards)
+    detail = f"tokenizer {tokenizer_id} cached" + ("" if done else ", shards to encode")
+    return StageStatus(f"tokenize/{name}", str(shards), done, detail)
+
+
+def _pretrain_status(spec: Spec, family: str, corpus_id: str) -> StageStatus:
+    tokenizer_id, shards = _shards(spec, TOKENIZER_OF_FAMILY[family], corpus_id)
+    if shards is None or not is_complete(shards):
+        return StageStatus(f"pretrain/{family}", "models/<trained>", False, "after tokenize")
+    out = model_dir(spec, family, tokenizer_id, str(shards))
+    manifest = read_manifest(out)
+    if manifest is not None:
+        detail = f"{manifest['registered_name']} v{manifest['version']}"
+    else:
+        detail = "resume from checkpoint" if (out / "work").exists() else "train"
+    return StageStatus(f"pretrain/{family}", str(out), manifest is not None, detail)
 
 
 def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
@@ -49,11 +74,11 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
             f"{len(corpus.fingerprints)} source(s), {corpus.source_bytes / 1e6:.1f} MB",
         )
     ]
-    if STAGES.index(until) >= STAGES.index("tokenize"):
-        statuses += [
-            _tokenize_status(spec, name, corpus.corpus_id, corpus.cached)
-            for name in tokenizer_names(spec)
-        ]
+    reach = STAGES.index(until)
+    if reach >= STAGES.index("tokenize"):
+        statuses += [_tokenize_status(spec, n, corpus.corpus_id) for n in tokenizer_names(spec)]
+    if reach >= STAGES.index("pretrain"):
+        statuses += [_pretrain_status(spec, f, corpus.corpus_id) for f in spec.pretrain.families]
     return statuses
 
 
@@ -63,5 +88,9 @@ def pipeline(spec: Spec, until: Stage = STAGES[-1]) -> dict[str, Any]:
     results: dict[str, Any] = {"ingest": ingest(spec)}
     if until == "ingest":
         return results
-    results["tokenize"] = tokenization(spec, results["ingest"]["corpus_id"])
+    corpus_id = results["ingest"]["corpus_id"]
+    results["tokenize"] = tokenization(spec, corpus_id)
+    if until == "tokenize":
+        return results
+    results["pretrain"] = pretrain(spec, corpus_id, results["tokenize"]["families"])
     return results

@@ -93,7 +93,9 @@ def run(
         _fail(error)
     for name, result in results.items():
         hit = "[green]cached[/]" if result.get("cache_hit") else "[yellow]built[/]"
-        console.print(f"[bold]{name}[/] {hit}: {result.get('output', '')}", highlight=False)
+        console.print(
+            f"[bold]{name}[/] {hit}: {result.get('output', '')}", highlight=False, soft_wrap=True
+        )
 
 
 @data_app.command("fetch")

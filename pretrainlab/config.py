@@ -180,6 +180,61 @@ class PretrainSpec(Strict):
     bert: BERTSpec = BERTSpec()
 
 
+TaskKind = Literal["classify", "pair", "tag", "wic"]
+TaskFormat = Literal["auto", "csv", "jsonl", "conll"]
+
+
+class TaskSpec(Strict):
+    """A labelled downstream task: files (or a demo dataset), its kind and its columns."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: TaskKind = Field(..., description="classify | pair | tag | wic (word in context).")
+    dataset: str | None = Field(None, description="A demo task from `pretrainlab data fetch`.")
+    train: str | None = Field(None, description="Train file (CSV/JSONL/CoNLL).")
+    dev: str | None = Field(None, description="Dev file; else carved from train by hash.")
+    test: str | None = Field(None, description="Test file; else carved from train by hash.")
+    format: TaskFormat = "auto"
+    text_field: str = "text"
+    text_b_field: str = Field("text_b", description="Pair/WiC: the second text.")
+    label_field: str = "label"
+    dev_fraction: float = Field(0.1, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    max_examples: int | None = Field(None, ge=1, description="Cap per split (demo speed).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskSpec:
+        if (self.dataset is None) == (self.train is None):
+            raise ValueError("give exactly one of `dataset` or `train`")
+        return self
+
+
+class TransferSpec(Strict):
+    """The sweep: tasks x families x modes x label budgets x seeds, each mode with its own lr."""
+
+    tasks: list[TaskSpec] = []
+    families: list[Family] | None = Field(None, description="Default: the pretrained families.")
+    modes: list[str] = Field(
+        ["scratch", "frozen", "finetune", "partial:1"],
+        description="scratch | frozen | frozen:layer=N | finetune | partial:k | partial:k:frozen.",
+    )
+    budgets: list[int | Literal["all"]] = Field([100, "all"], description="Labelled examples.")
+    seeds: list[int] = Field([0, 1], min_length=1)
+    lrs: dict[str, list[float]] = Field(
+        {
+            "scratch": [1e-3, 3e-4],
+            "frozen": [1e-2, 1e-3],
+            "finetune": [3e-4, 1e-4],
+            "partial": [3e-4, 1e-4],
+        },
+        description="Grid per mode family; the best on dev is kept (a fair race).",
+    )
+    epochs: int = Field(4, ge=1)
+    patience: int = Field(2, ge=1, description="Early stopping on dev.")
+    batch_size: int = Field(16, ge=1)
+    max_len: int = Field(64, ge=8, description="Subword tokens per input.")
+    probe_tasks: list[str] = Field([], description="Tasks that get a linear probe per layer.")
+
+
 class TrackingSpec(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or <store>/mlflow.db."
@@ -200,6 +255,7 @@ class Spec(Strict):
     corpus: CorpusSpec
     tokenizers: TokenizersSpec = TokenizersSpec()
     pretrain: PretrainSpec = PretrainSpec()
+    transfer: TransferSpec = TransferSpec()
 
     def tracking_uri(self) -> str:
         """The spec's URI, else $MLFLOW_TRACKING_URI, else SQLite under the store."""

@@ -1,0 +1,525 @@
+"""BERT: a bidirectional transformer pretrained with masked LM + next-sentence prediction.
+
+Reference: Devlin et al. 2019, "BERT: Pre-training of Deep Bidirectional Transformers for
+Language Understanding", section 3.1 and appendix A; Google's create_pretraining_data.py.
+
+Read top to bottom:
+1. the model: `transformers.BertForPreTraining` built from a `BertConfig` (no hub), with a
+   forward that applies the MLM head only at the masked positions: the same loss as the full
+   head, ~3x cheaper on CPU because the vocabulary projection dominates (STACK.md);
+2. NSP pairs `[CLS] A [SEP] B [SEP]` from token shards: B is the real continuation of A in
+   the same document (label 0, IsNext, the transformers convention) or a random stretch of
+   another document (label 1, NotNext);
+3. `BERTObjective`, the training loop's `Objective`: loss = MLM + NSP, per-example seeding so
+   one process and N DDP ranks build the same global batch;
+4. per-layer representations for transfer; save / load with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from transformers import BertConfig, BertForPreTraining, PreTrainedTokenizerFast
+from transformers.utils import ModelOutput
+
+from pipelines.lm_data import TokenSplit, open_split
+from pipelines.masking import IGNORE_INDEX, mask_tokens
+from pipelines.tokenizer_training import META_FILE, TOKENIZER_FILE, load_tokenizer
+from pipelines.training import micro_examples
+from pretrainlab.config import BERTSpec, PretrainlabError
+
+TOKENIZER_SUBDIR = "tokenizer"  # a saved model keeps the tokenizer it was trained with here
+TRAIN_STREAM, VALID_STREAM = 0, 1  # keep train and valid example seeds apart
+IS_NEXT, NOT_NEXT = 0, 1  # BertForPreTraining's next_sentence_label convention
+
+
+class BertError(PretrainlabError, ValueError):
+    """A BERT model, tokenizer or corpus that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class BertVocab:
+    """The vocabulary facts BERT needs: its size and the ids of its special tokens."""
+
+    size: int
+    pad_id: int
+    unk_id: int
+    cls_id: int
+    sep_id: int
+    mask_id: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerFast) -> BertVocab:
+        ids = {
+            name: getattr(tokenizer, f"{name}_token_id")
+            for name in ("pad", "unk", "cls", "sep", "mask")
+        }
+        missing = [f"[{name.upper()}]" for name, value in ids.items() if value is None]
+        if missing:
+            raise BertError(
+                f"the tokenizer has no {', '.join(missing)} token: BERT needs a WordPiece "
+                "tokenizer with [PAD] [UNK] [CLS] [SEP] [MASK] (tokenizers.bert in the spec)"
+            )
+        return cls(size=len(tokenizer), **{f"{k}_id": v for k, v in ids.items()})
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        return (self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id)
+
+
+# ------------------------------------------------------------------------------------ 1. the model
+
+
+@dataclass
+class MaskedPretrainingOutput(ModelOutput):
+    """Losses and counts of one batch; the logits cover only the masked slots."""
+
+    loss: torch.Tensor | None = None  # mlm_loss + nsp_loss
+    mlm_loss: torch.Tensor | None = None  # mean over the masked tokens of the batch
+    nsp_loss: torch.Tensor | None = None  # mean over the pairs
+    mlm_correct: torch.Tensor | None = None
+    mlm_count: torch.Tensor | None = None
+    nsp_correct: torch.Tensor | None = None
+    mlm_logits: torch.Tensor | None = None  # (B, P, V)
+    nsp_logits: torch.Tensor | None = None  # (B, 2)
+
+
+class BertForMaskedPositionsPreTraining(BertForPreTraining):
+    """`BertForPreTraining` whose loss computes vocabulary logits only where a token is masked.
+
+    Called with `mlm_positions` (B, P) and `mlm_labels` (B, P): gathers those P slots per
+    sequence from the encoder output, applies the MLM head to them and the NSP head to the
+    pooled [CLS]; unused slots carry label -100. P is fixed (the most a sequence can have
+    masked), so shapes are static for torch.compile and nothing syncs with the GPU. Called any
+    other way it is the plain `BertForPreTraining`, and the weights are exactly its weights.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        next_sentence_label: torch.Tensor | None = None,
+        **kwargs,
+    ):
+        if input_ids is not None:
+            check_fits_positions(input_ids.shape[-1], self.config)
+        if mlm_positions is None or mlm_labels is None or next_sentence_label is None:
+            return super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=token_type_ids,
+                next_sentence_label=next_sentence_label,
+                **kwargs,
+            )
+        encoded = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        sequence, pooled = encoded.last_hidden_state, encoded.pooler_output  # (B, T, H), (B, H)
+        index = mlm_positions.unsqueeze(-1).expand(-1, -1, sequence.size(-1))  # (B, P, H)
+        mlm_logits = self.cls.predictions(sequence.gather(1, index))  # (B, P, V)
+        nsp_logits = self.cls.seq_relationship(pooled)  # (B, 2)
+
+        labelled = mlm_labels != IGNORE_INDEX  # (B, P)
+        mlm_count = labelled.sum()
+        token_losses = F.cross_entropy(
+            mlm_logits.flatten(0, 1).float(),
+            mlm_labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        mlm_loss = token_losses / mlm_count.clamp(min=1)  # = the mean; 0, not NaN, if none
+        nsp_loss = F.cross_entropy(nsp_logits.float(), next_sentence_label)
+        return MaskedPretrainingOutput(
+            loss=mlm_loss + nsp_loss,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            mlm_correct=((mlm_logits.argmax(-1) == mlm_labels) & labelled).sum(),
+            mlm_count=mlm_count,
+            nsp_correct=(nsp_logits.argmax(-1) == next_sentence_label).sum(),
+            mlm_logits=mlm_logits,
+            nsp_logits=nsp_logits,
+        )
+
+
+def build_bert(spec: BERTSpec, vocab_size: int, pad_id: int) -> BertForMaskedPositionsPreTraining:
+    """A freshly initialised BERT for `spec`, seeded by `spec.loop.seed` (the global RNG is
+    left as it was, so building a model never shifts anyone else's random stream)."""
+    if spec.hidden_size % spec.n_head:
+        raise BertError(
+            f"bert.hidden_size {spec.hidden_size} is not divisible by bert.n_head "
+            f"{spec.n_head}; choose a head count that divides it"
+        )
+    if not 0 <= pad_id < vocab_size:
+        raise BertError(f"pad id {pad_id} is outside the vocabulary of {vocab_size} tokens")
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.n_layer,
+        num_attention_heads=spec.n_head,
+        intermediate_size=spec.intermediate_size,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.dropout,
+        max_position_embeddings=spec.max_seq_len,
+        type_vocab_size=2,  # segment A and segment B
+        pad_token_id=pad_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.loop.seed)
+        return BertForMaskedPositionsPreTraining(config)
+
+
+def check_fits_positions(seq_len: int, config: BertConfig) -> None:
+    if seq_len > config.max_position_embeddings:
+        raise BertError(
+            f"an input of {seq_len} tokens is longer than the model's position table "
+            f"(max_position_embeddings={config.max_position_embeddings}); lower "
+            f"bert.max_seq_len (or truncate inputs) to <= {config.max_position_embeddings}, "
+            "or pretrain a model with a larger bert.max_seq_len"
+        )
+
+
+def check_vocab(model_vocab: int, tokenizer_vocab: int, what: str) -> None:
+    if model_vocab != tokenizer_vocab:
+        raise BertError(
+            f"vocabulary mismatch in {what}: the model has {model_vocab} token embeddings but the "
+            f"tokenizer has {tokenizer_vocab} tokens; build the model with "
+            f"vocab_size={tokenizer_vocab} from this tokenizer (or use the tokenizer the model "
+            "was trained with)"
+        )
+
+
+def max_predictions(spec: BERTSpec) -> int:
+    """The most tokens one sequence can have masked: mlm_probability of its non-special
+    tokens, rounded up (masking rounds stochastically, never above the ceiling)."""
+    return math.ceil(spec.mlm_probability * (spec.max_seq_len - 3))
+
+
+# ------------------------------------------------------------------------------------ 2. NSP pairs
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One NSP example before masking, with where its segments came from."""
+
+    a: np.ndarray  # segment A ids, truncated at its front
+    b: np.ndarray  # segment B ids, truncated at its back
+    label: int  # IS_NEXT (0) or NOT_NEXT (1)
+    a_sentences: tuple[int, int]  # [first, end) sentence indices in the split
+    b_sentences: tuple[int, int]
+
+
+class PairSampler:
+    """Draws NSP pairs from one split, as BERT's create_pretraining_data.py does:
+
+    a chunk of consecutive sentences is read from a random position of a document until it
+    fills the token budget (max_seq_len - 3); a random split point makes A = the sentences
+    before it. With probability `next_sentence_prob` B = the sentences after it (IsNext),
+    otherwise B = a run starting at a random sentence of another document (NotNext); both fill
+    the rest of the budget, so B's length does not give the label away. A long pair is cut at
+    its outer ends (A loses its start, B its end): the seam between A and B, which NSP is
+    about, stays intact.
+    """
+
+    def __init__(self, split: TokenSplit, max_seq_len: int, next_sentence_prob: float):
+        self.split = split
+        self.budget = max_seq_len - 3  # [CLS] A [SEP] B [SEP]
+        self.next_sentence_prob = next_sentence_prob
+        self.offsets = np.asarray(split.offsets)  # sentence -> token offsets
+        self.doc_starts = np.asarray(split.doc_starts)  # document -> first sentence
+        # A chunk starts at any sentence with a successor in its document: count them per doc.
+        self._starts_cum = np.cumsum(np.maximum(np.diff(self.doc_starts) - 1, 0))
+        transitions = int(self._starts_cum[-1]) if split.n_docs else 0
+        if split.n_docs < 2 or transitions == 0:
+            raise BertError(
+                f"NSP needs at least 2 documents and one with 2 or more sentences; this split "
+                f"has {split.n_docs} document(s) and {transitions} sentence-to-sentence "
+                "transitions. Add text, keep documents whole (corpus doc_per: paragraph or "
+                "file) or raise corpus.valid_fraction"
+            )
+
+    def sample(self, rng: np.random.Generator) -> Pair:
+        first, doc = self._random_start(rng)
+        end = self._fill(first, doc, self.budget, min_sentences=2)  # A + a true B
+        cut = int(rng.integers(first + 1, end))  # A = sentences first .. cut - 1
+        if rng.random() < self.next_sentence_prob:
+            label, b_first, b_end = IS_NEXT, cut, end
+        else:
+            label = NOT_NEXT
+            b_first = self._random_sentence_outside(doc, rng)
+            b_doc = self.split.doc_of(b_first)
+            b_end = self._fill(b_first, b_doc, self.budget - self._length(first, cut))
+        a, b = self._truncate(self._tokens(first, cut), self._tokens(b_first, b_end))
+        return Pair(a, b, label, (first, cut), (b_first, b_end))
+
+    def _length(self, first: int, end: int) -> int:
+        return int(self.offsets[end] - self.offsets[first])
+
+    def _tokens(self, first: int, end: int) -> np.ndarray:
+        """The ids of sentences first .. end - 1, back to back."""
+        return np.asarray(self.split.ids[self.offsets[first] : self.offsets[end]])
+
+    def _random_start(self, rng: np.random.Generator) -> tuple[int, int]:
+        """Uniformly, a sentence with a successor in its document; and that document."""
+        k = int(rng.integers(self._starts_cum[-1]))
+        doc = int(np.searchsorted(self._starts_cum, k, side="right"))
+        before = int(self._starts_cum[doc - 1]) if doc else 0
+        return int(self.doc_starts[doc]) + k - before, doc
+
+    def _random_sentence_outside(self, doc: int, rng: np.random.Generator) -> int:
+        """Uniformly, a sentence of any document but `doc`."""
+        lo, hi = int(self.doc_starts[doc]), int(self.doc_starts[doc + 1])
+        k = int(rng.integers(self.split.n_sentences - (hi - lo)))
+        return k if k < lo else k + (hi - lo)
+
+    def _fill(self, first: int, doc: int, budget: int, min_sentences: int = 1) -> int:
+        """End of the run of sentences of `doc` from `first` that fills `budget` tokens."""
+        doc_end = int(self.doc_starts[doc + 1])
+        end = first + min_sentences
+        while end < doc_end and self._length(first, end) < budget:
+            end += 1
+        return end
+
+    def _truncate(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Trim the longer segment one token at a time until the pair fits the budget."""
+        la, lb = len(a), len(b)
+        while la + lb > self.budget:
+            if la > lb:
+                la -= 1
+            else:
+                lb -= 1
+        return a[len(a) - la :], b[:lb]
+
+
+def encode_pair(pair: Pair, vocab: BertVocab, max_seq_len: int) -> dict[str, np.ndarray]:
+    """`[CLS] A [SEP] B [SEP] [PAD]...` with segment ids 0 for `[CLS] A [SEP]`, 1 for `B [SEP]`."""
+    la, lb = len(pair.a), len(pair.b)
+    used = la + lb + 3
+    input_ids = np.full(max_seq_len, vocab.pad_id, dtype=np.int64)
+    input_ids[0] = vocab.cls_id
+    input_ids[1 : la + 1] = pair.a
+    input_ids[la + 1] = vocab.sep_id
+    input_ids[la + 2 : used - 1] = pair.b
+    input_ids[used - 1] = vocab.sep_id
+    token_type_ids = np.zeros(max_seq_len, dtype=np.int64)
+    token_type_ids[la + 2 : used] = 1
+    attention_mask = np.zeros(max_seq_len, dtype=np.int64)
+    attention_mask[:used] = 1
+    special = np.zeros(max_seq_len, dtype=bool)
+    special[[0, la + 1, used - 1]] = True
+    special[used:] = True
+    return {
+        "input_ids": input_ids,
+        "token_type_ids": token_type_ids,
+        "attention_mask": attention_mask,
+        "special_mask": special,
+    }
+
+
+# -------------------------------------------------------------------------------- 3. the objective
+
+
+class BERTObjective:
+    """MLM + NSP for the shared training loop (pipelines/training.py's `Objective`).
+
+    Example i of step t is a pure function of (seed, t, i): its pair and its masking are drawn
+    from generators seeded by those keys, so any split of the global batch over micro-batches
+    and DDP ranks gives the same examples.
+    """
+
+    def __init__(
+        self,
+        tokens_dir: str | Path,
+        spec: BERTSpec,
+        vocab: BertVocab,
+        seed: int,
+        cache_dir: str | Path,
+    ):
+        self.tokens_dir = Path(tokens_dir)
+        self.cache_dir = Path(cache_dir)  # lm_data's memory-mapped copy of the shards
+        self.spec = spec
+        self.vocab = vocab
+        self.seed = seed
+        self.n_predictions = max_predictions(spec)
+        self._samplers: dict[str, PairSampler] = {}
+        self._valid: list[dict[str, torch.Tensor]] = []
+        self._sampler("train")  # fail now, not at step 1, on shards that cannot serve NSP
+
+    def _sampler(self, split: str) -> PairSampler:
+        if split not in self._samplers:
+            tokens = open_split(self.tokens_dir, split, self.cache_dir)
+            tokens.check_vocab(self.vocab.size, "the BERT tokenizer")
+            try:
+                sampler = PairSampler(tokens, self.spec.max_seq_len, self.spec.next_sentence_prob)
+            except BertError as error:
+                raise BertError(f"{self.tokens_dir} ({split} split): {error}") from None
+            self._samplers[split] = sampler
+        return self._samplers[split]
+
+    def example(self, split: str, *keys: int) -> dict[str, np.ndarray]:
+        """One masked NSP example, every draw from one generator seeded by (seed, *keys)."""
+        rng = np.random.default_rng([self.seed, *keys])
+        pair = self._sampler(split).sample(rng)
+        encoded = encode_pair(pair, self.vocab, self.spec.max_seq_len)
+        masked, labels = mask_tokens(
+            encoded["input_ids"],
+            encoded["special_mask"],
+            self.vocab.size,
+            self.vocab.mask_id,
+            rng,
+            self.spec.mlm_probability,
+            self.spec.mask_replace_prob,
+            self.spec.random_replace_prob,
+            special_ids=self.vocab.special_ids,
+        )
+        positions = np.flatnonzero(labels != IGNORE_INDEX)
+        mlm_positions = np.zeros(self.n_predictions, dtype=np.int64)  # spare slots: [CLS] ...
+        mlm_labels = np.full(self.n_predictions, IGNORE_INDEX, dtype=np.int64)  # ... unlabelled
+        mlm_positions[: len(positions)] = positions
+        mlm_labels[: len(positions)] = labels[positions]
+        return {
+            "input_ids": masked,
+            "token_type_ids": encoded["token_type_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "mlm_positions": mlm_positions,
+            "mlm_labels": mlm_labels,
+            "next_sentence_label": np.int64(pair.label),
+        }
+
+    def train_batch(
+        self, step: int, micro: int, n_micro: int, rank: int, world: int
+    ) -> dict[str, torch.Tensor]:
+        indices = micro_examples(self.spec.loop.batch_size, micro, n_micro, rank, world)
+        return _stack([self.example("train", TRAIN_STREAM, step, i) for i in indices])
+
+    def valid_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
+        size = self.spec.loop.batch_size // self.spec.loop.grad_accum  # one micro-batch's memory
+        while len(self._valid) < n:
+            b = len(self._valid)
+            examples = [self.example("valid", VALID_STREAM, b, i) for i in range(size)]
+            self._valid.append(_stack(examples))
+        return self._valid[:n]
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        check_vocab(model.config.vocab_size, self.vocab.size, "the BERT objective")
+        out = model(**batch)
+        n_pairs = batch["next_sentence_label"].numel()
+        stats = torch.stack(
+            [
+                out.mlm_loss.detach(),
+                out.nsp_loss.detach(),
+                out.mlm_correct / out.mlm_count.clamp(min=1),
+                out.nsp_correct / n_pairs,
+            ]
+        ).tolist()  # one device sync for all four
+        names = ("mlm_loss", "nsp_loss", "mlm_acc", "nsp_acc")
+        return out.loss, dict(zip(names, stats, strict=True))
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def flops_per_token(self, model: torch.nn.Module) -> float:
+        """6 x encoder parameters + attention (12 x layers x width x length), plus the MLM
+        head where it runs: at n_predictions of max_seq_len positions, not at every token."""
+        config = model.config
+        d, n_layer, seq = config.hidden_size, config.num_hidden_layers, self.spec.max_seq_len
+        encoder = sum(p.numel() for p in model.bert.encoder.parameters())
+        head = d * d + config.vocab_size * d  # transform + decoder
+        nsp = d * d + 2 * d  # pooler + classifier, once per sequence
+        return float(
+            6 * encoder
+            + 12 * n_layer * d * seq
+            + 6 * head * self.n_predictions / seq
+            + 6 * nsp / seq
+        )
+
+
+def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {key: torch.from_numpy(np.stack([e[key] for e in examples])) for key in examples[0]}
+
+
+def full_mlm_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T) labels as `BertForPreTraining(labels=...)` takes them, from the masked slots."""
+    labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
+    slot = batch["mlm_labels"] != IGNORE_INDEX
+    rows = torch.arange(len(labels)).unsqueeze(1).expand_as(slot)
+    labels[rows[slot], batch["mlm_positions"][slot]] = batch["mlm_labels"][slot]
+    return labels
+
+
+# --------------------------------------------------------------------------- 4. transfer & storage
+
+
+def bert_layer_states(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Per-layer token representations, each (B, T, H): [0] = embeddings (token + position +
+    segment), [k] = the output of transformer layer k. Accepts the pretraining model or a
+    bare `BertModel`."""
+    encoder = model.bert if isinstance(model, BertForPreTraining) else model
+    check_fits_positions(input_ids.shape[-1], encoder.config)
+    out = encoder(
+        input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=token_type_ids,
+        output_hidden_states=True,
+    )
+    return list(out.hidden_states)
+
+
+def save_bert(model: BertForPreTraining, tokenizer_dir: str | Path, out_dir: str | Path) -> Path:
+    """`save_pretrained` (config.json + model.safetensors) plus a copy of the tokenizer in
+    `<out_dir>/tokenizer`. Write into a temporary directory (storage.atomic.atomic_dir): this
+    function does not make the whole output atomic on its own."""
+    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)  # verified: a corrupt tokenizer is never shipped
+    check_vocab(model.config.vocab_size, len(tokenizer), f"saving to {out_dir}")
+    model.save_pretrained(out_dir)
+    (out_dir / TOKENIZER_SUBDIR).mkdir(parents=True, exist_ok=True)
+    for name in (TOKENIZER_FILE, META_FILE):
+        shutil.copy2(tokenizer_dir / name, out_dir / TOKENIZER_SUBDIR / name)
+    return out_dir
+
+
+def load_bert(
+    directory: str | Path,
+) -> tuple[BertForMaskedPositionsPreTraining, PreTrainedTokenizerFast]:
+    """A saved BERT (eval mode) and the tokenizer it was trained with, checked to fit."""
+    directory = Path(directory)
+    config_path = directory / "config.json"
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as error:
+        raise BertError(
+            f"{config_path}: cannot read it ({error}); {directory} is not a saved BERT model "
+            "(save one with save_bert, or point at the model's directory)"
+        ) from None
+    if model_type != "bert":
+        raise BertError(
+            f"{config_path}: model_type is {model_type!r}, not 'bert'; point at a BERT model"
+        )
+    try:
+        model = BertForMaskedPositionsPreTraining.from_pretrained(directory)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise BertError(
+            f"{directory}: cannot load the BERT weights ({first}); the directory is incomplete "
+            "or corrupt: delete it and re-run pretraining"
+        ) from None
+    tokenizer = load_tokenizer(directory / TOKENIZER_SUBDIR)
+    check_vocab(model.config.vocab_size, len(tokenizer), str(directory))
+    return model, tokenizer

@@ -1,0 +1,237 @@
+"""One interface over the four families: pretrain from token shards, save, load.
+
+Each family keeps its own module (word2vec.py, elmo.py, gpt.py, bert.py); this file only
+wires them to the spec and says, for every language model, whether it learned anything beyond
+word frequencies: its valid loss next to the unigram entropy of the same tokens.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pipelines.bert as bert
+import pipelines.elmo as elmo
+import pipelines.gpt as gpt
+import pipelines.lm_data as lm_data
+import pipelines.masking as masking
+import pipelines.training as training
+import pipelines.word2vec as word2vec
+from pipelines.tokenizer_training import load_tokenizer
+from pretrainlab.config import PretrainlabError, Spec
+
+FAMILIES = ("word2vec", "elmo", "gpt", "bert")
+TOKENIZER_SUBDIR = "tokenizer"  # every saved model ships the tokenizer it was trained with
+# The code that computes each family's weights: editing any of it invalidates cached models.
+CODE: dict[str, list[ModuleType]] = {
+    "word2vec": [word2vec],
+    "elmo": [elmo, training, lm_data],
+    "gpt": [gpt, training, lm_data],
+    "bert": [bert, masking, training, lm_data],
+}
+LogFn = Callable[[dict[str, float], int], None]
+
+
+class PretrainError(PretrainlabError, ValueError):
+    """A pretraining request that cannot run as given."""
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    family: str
+    tokens_dir: Path
+    tokenizer_dir: Path
+    work_dir: Path  # checkpoints and memory-mapped data: survives a kill
+    out_dir: Path  # the final model: weights + tokenizer/
+    budget_tokens: int | None = None
+    budget_minutes: float | None = None
+
+
+def _copy_tokenizer(job: PretrainJob) -> None:
+    shutil.copytree(job.tokenizer_dir, job.out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+
+
+def _lm_summary(result: training.TrainResult, entropy: float, n_params: int) -> dict[str, Any]:
+    valid = result.last_valid_loss
+    gap = entropy - valid if valid is not None else float("nan")
+    return {
+        "steps": result.step,
+        "tokens_seen": result.tokens_seen,
+        "wall_s": result.wall_s,
+        "flops": result.flops,
+        "valid_loss": valid,
+        "best_valid_loss": result.best_valid_loss,
+        "unigram_entropy": entropy,
+        "entropy_gap": gap,
+        "n_params": n_params,
+        "stopped_reason": result.stopped_reason,
+        "resumed_from": result.resumed_from,
+        "headline_metric": "valid_loss",
+        "headline_value": valid,
+    }
+
+
+def _n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _train(
+    model: Any, objective: Any, loop: Any, job: PretrainJob, log: LogFn, stop_at_step: int | None
+) -> training.TrainResult:
+    return training.train(
+        model,
+        objective,
+        loop,
+        job.work_dir / "checkpoints",
+        log,
+        budget_tokens=job.budget_tokens,
+        budget_minutes=job.budget_minutes,
+        stop_at_step=stop_at_step,
+    )
+
+
+def _gpt(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
+    tok = load_tokenizer(job.tokenizer_dir)
+    loop = spec.pretrain.gpt.loop
+    model = gpt.build_gpt(spec.pretrain.gpt, len(tok), tok.pad_token_id, tok.eos_token_id)
+    objective = gpt.GPTObjective(
+        job.tokens_dir,
+        spec.pretrain.gpt.block_size,
+        loop.seed,
+        tok.eos_token_id,
+        loop.batch_size,
+        cache_dir=job.work_dir / "data",
+        vocab_size=len(tok),
+    )
+    result = _train(model, objective, loop, job, log, stop_at_step)
+    gpt.save_gpt(model, job.tokenizer_dir, job.out_dir)
+    entropy = lm_data.unigram_entropy(job.tokens_dir, "valid", len(tok), tok.eos_token_id)
+    return _lm_summary(result, entropy, _n_params(model))
+
+
+def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
+    vocab = bert.BertVocab.from_tokenizer(load_tokenizer(job.tokenizer_dir))
+    loop = spec.pretrain.bert.loop
+    model = bert.build_bert(spec.pretrain.bert, vocab.size, vocab.pad_id)
+    objective = bert.BERTObjective(
+        job.tokens_dir, spec.pretrain.bert, vocab, loop.seed, cache_dir=job.work_dir / "data"
+    )
+    latest: dict[str, float] = {}
+
+    def remember(metrics: dict[str, float], step: int) -> None:
+        latest.update(metrics)
+        log(metrics, step)
+
+    result = _train(model, objective, loop, job, remember, stop_at_step)
+    bert.save_bert(model, job.tokenizer_dir, job.out_dir)
+    summary = _lm_summary(
+        result, lm_data.unigram_entropy(job.tokens_dir, "valid", vocab.size), _n_params(model)
+    )
+    # valid_loss adds NSP; MLM alone predicts single tokens, like the unigram model.
+    mlm = latest.get("valid_mlm_loss")
+    if mlm is not None:
+        summary |= {
+            "valid_mlm_loss": mlm,
+            "entropy_gap": summary["unigram_entropy"] - mlm,
+            "valid_mlm_acc": latest.get("valid_mlm_acc"),
+            "valid_nsp_acc": latest.get("valid_nsp_acc"),
+        }
+    return summary
+
+
+def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
+    tok = load_tokenizer(job.tokenizer_dir)
+    loop = spec.pretrain.elmo.loop
+    specials = {"pad": tok.pad_token_id, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
+    config = elmo.config_from_spec(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
+    model = elmo.ELMo(config)
+    objective = elmo.ELMoObjective(
+        job.tokens_dir,
+        spec.pretrain.elmo,
+        tok.pad_token_id,
+        tok.bos_token_id,
+        tok.eos_token_id,
+        loop.seed,
+        cache_dir=job.work_dir / "data",
+    )
+    result = _train(model, objective, loop, job, log, stop_at_step)
+    elmo.save_elmo(model, job.out_dir)
+    _copy_tokenizer(job)
+    # The loss is the mean of the two directions' NLL: per token, like the unigram entropy.
+    summary = _lm_summary(result, objective.unigram_entropy(), _n_params(model))
+    return summary
+
+
+def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
+    vectors, result = word2vec.train_word2vec_on_shards(
+        job.tokens_dir,
+        job.tokenizer_dir,
+        spec.pretrain.word2vec,
+        min_count=spec.tokenizers.word.min_count,
+        checkpoint_dir=job.work_dir / "checkpoints",
+        log=log,
+        budget_words=job.budget_tokens,
+        budget_minutes=job.budget_minutes,
+        stop_after_epoch=stop_at_step,
+    )
+    scores = word2vec.intrinsic_eval(vectors)
+    word2vec.save_vectors(vectors, job.out_dir, meta={"scores": scores})
+    _copy_tokenizer(job)
+    vector_flops = 6 * spec.pretrain.word2vec.vector_size * (spec.pretrain.word2vec.negative + 1)
+    return {
+        "epochs": result.epochs_done,
+        "tokens_seen": result.raw_words,
+        "wall_s": result.wall_s,
+        "flops": vector_flops * 2 * spec.pretrain.word2vec.window * result.trained_words,
+        "words_per_s": result.words_per_s,
+        "vocab_size": result.vocab_size,
+        "final_epoch_loss_per_word": result.loss_per_word[-1] if result.loss_per_word else None,
+        "stopped_reason": result.stopped_reason,
+        "resumed_from": result.resumed_from,
+        "n_params": len(vectors) * vectors.vector_size * 2,
+        "headline_metric": "wordsim353_spearman",
+        "headline_value": scores["wordsim353_spearman"],
+        **scores,
+    }
+
+
+RUNNERS = {"word2vec": _word2vec, "elmo": _elmo, "gpt": _gpt, "bert": _bert}
+
+
+def pretrain(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None = None) -> dict:
+    """Train `job.family` (resuming from its checkpoint), save it to `job.out_dir`, summarise.
+
+    `learned_little` flags a language model whose valid loss is within
+    `spec.pretrain.unigram_gap_nats` of the unigram entropy: it learned word frequencies, not
+    language, and the report must not compare it as if it had.
+    """
+    if job.family not in RUNNERS:
+        raise PretrainError(f"unknown family {job.family!r}; choose from {', '.join(FAMILIES)}")
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"family": job.family, **RUNNERS[job.family](spec, job, log, stop_at_step)}
+    gap = summary.get("entropy_gap")
+    summary["learned_little"] = (
+        gap is not None
+        and gap == gap
+        and (gap < spec.pretrain.unigram_gap_nats * (2 if job.family == "elmo" else 1))
+    )
+    return summary
+
+
+def load_pretrained(family: str, directory: str | Path) -> tuple[Any, Any]:
+    """A saved model of `family` and the tokenizer it was trained with, ready to use."""
+    directory = Path(directory)
+    tokenizer_dir = directory / TOKENIZER_SUBDIR
+    if family == "gpt":
+        return gpt.load_gpt(directory)
+    if family == "bert":
+        return bert.load_bert(directory)
+    if family == "elmo":
+        return elmo.load_elmo(directory), load_tokenizer(tokenizer_dir)
+    if family == "word2vec":
+        return word2vec.load_vectors(directory), load_tokenizer(tokenizer_dir)
+    raise PretrainError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")

@@ -1,0 +1,162 @@
+"""Pretrain tasks: one MLflow run and one registered model version per family.
+
+A model's directory is keyed by everything that computes it (family settings, budget, the token
+shards and tokenizer, and the family's code). Its `work/` holds checkpoints and the MLflow run id,
+so a killed run resumes both; the model counts as done only once `_manifest.json` exists.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import pipelines.pretraining as pretraining
+from pretrainlab.config import PretrainlabError, Spec
+from storage import registry, tracking
+from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
+from storage.hashing import code_hash, stable_hash
+from storage.layout import Layout
+from tasks.progress import stage_logger
+from tasks.tracking import open_tracking
+
+MODEL_SUBDIR = "model"
+INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
+
+
+class PretrainInterrupted(PretrainlabError, RuntimeError):
+    """Training stopped before its budget (a cancel): the checkpoint is kept for a resume."""
+
+
+def git_sha() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def config_hash(spec: Spec, family: str) -> str:
+    """The family's resolved settings plus the shared budget (and word2vec's min_count)."""
+    settings: dict[str, Any] = {
+        "family": getattr(spec.pretrain, family).model_dump(mode="json"),
+        "budget": spec.pretrain.budget.model_dump(mode="json"),
+    }
+    if family == "word2vec":
+        settings["min_count"] = spec.tokenizers.word.min_count
+    return stable_hash(settings)
+
+
+def model_key(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> str:
+    return stable_hash(
+        {
+            "config": config_hash(spec, family),
+            "tokenizer_id": tokenizer_id,
+            "tokens": Path(tokens_dir).name,
+            "code": code_hash(pretraining.CODE[family]),
+        }
+    )
+
+
+def model_dir(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> Path:
+    return Layout.at(spec.store).model(family, model_key(spec, family, tokenizer_id, tokens_dir))
+
+
+def _run_id(work: Path) -> str | None:
+    try:
+        return json.loads((work / "run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _log(metrics: dict[str, float], step: int) -> None:
+    tracking.log_metrics_safe(metrics, step=step)
+
+
+@task(
+    name="pretrain", task_run_name="pretrain-{family}/corpus-{corpus_id:.8}", cache_policy=NO_CACHE
+)
+def pretrain_family(
+    spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str
+) -> dict[str, Any]:
+    """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
+    out = model_dir(spec, family, tokenizer_id, tokens_dir)
+    cached = read_manifest(out)
+    if cached is not None:
+        stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
+        return {**cached, "cache_hit": True}
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    open_tracking(spec)
+    tags = {
+        "stage": "pretrain",
+        "family": family,
+        "corpus_id": corpus_id,
+        "tokenizer_id": tokenizer_id,
+        "config_hash": config_hash(spec, family),
+        "git_sha": git_sha(),
+        "model_key": out.name,
+    }
+    run_name = f"pretrain-{family}/corpus-{corpus_id[:8]}"
+    resumed = _run_id(work)
+    with tracking.start_stage_run(spec.experiment, run_name, tags, run_id=resumed) as run:
+        write_json(work / "run.json", {"run_id": run.info.run_id})
+        if resumed is None:
+            tracking.log_spec(spec.model_dump(mode="json"))
+        budget = spec.pretrain.budget
+        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
+            job = pretraining.PretrainJob(
+                family,
+                Path(tokens_dir),
+                Layout.at(spec.store).tokenizer(tokenizer_id),
+                work,
+                model_tmp,
+                budget.tokens,
+                budget.minutes,
+            )
+            summary = pretraining.pretrain(spec, job, _log)
+            if summary["stopped_reason"] in INTERRUPTED:
+                mlflow.end_run(status="KILLED")  # resumable: the next run continues this one
+                raise PretrainInterrupted(
+                    f"{family}: stopped ({summary['stopped_reason']}) at its checkpoint in "
+                    f"{work}; re-run to resume"
+                )
+            write_manifest(model_tmp, {"family": family})
+        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
+        mlflow.set_tag("learned_little", str(summary["learned_little"]).lower())
+        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        run_id = run.info.run_id
+    version = registry.register(
+        registry.registered_name(spec.experiment, family),
+        run_id,
+        MODEL_SUBDIR,
+        tags={
+            **tags,
+            "headline_metric": summary["headline_metric"],
+            "headline_value": f"{summary['headline_value']}",
+        },
+    )
+    manifest = {
+        "family": family,
+        "model_key": out.name,
+        "model_dir": str(out / MODEL_SUBDIR),
+        "run_id": run_id,
+        "registered_name": version.name,
+        "version": version.version,
+        "summary": summary,
+        "output": str(out / MODEL_SUBDIR),
+    }
+    write_manifest(out, manifest)
+    stage_logger().info(
+        f"{family}: registered {version.name} v{version.version} "
+        f"({summary['headline_metric']} = {summary['headline_value']})"
+    )
+    return {**manifest, "cache_hit": False}

@@ -34,8 +34,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Each benchmark runs the bare library and pretrainlab on the same work and prints the ratio.
 bench: setup
 	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.tokenization
+	$(BIN)/python -m benchmarks.pretrain
 
 # Re-lock after a deliberate upgrade: regenerate constraints.txt from the working venv.
 lock: setup

@@ -10,7 +10,9 @@ from prefect import flow
 
 from flows.ingest import ingest
 from flows.pretrain import pretrain
+from flows.report import report
 from flows.tokenization import tokenization
+from flows.transfer import transfer
 from pretrainlab.config import Spec
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
@@ -18,8 +20,8 @@ from tasks.ingest import plan_corpus_plain
 from tasks.pretrain import model_dir
 from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
 
-Stage = Literal["ingest", "tokenize", "pretrain"]
-STAGES: tuple[str, ...] = ("ingest", "tokenize", "pretrain")
+Stage = Literal["ingest", "tokenize", "pretrain", "transfer", "report"]
+STAGES: tuple[str, ...] = ("ingest", "tokenize", "pretrain", "transfer", "report")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,14 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
         statuses += [_tokenize_status(spec, n, corpus.corpus_id) for n in tokenizer_names(spec)]
     if reach >= STAGES.index("pretrain"):
         statuses += [_pretrain_status(spec, f, corpus.corpus_id) for f in spec.pretrain.families]
+    if reach >= STAGES.index("transfer"):
+        sweep = spec.transfer
+        runs = len(sweep.tasks) * len(sweep.budgets) * len(sweep.seeds) * len(sweep.modes)
+        detail = f"{len(sweep.tasks)} task(s), up to {runs} runs per family; cached rows reused"
+        statuses.append(StageStatus("transfer", str(Layout.at(spec.store).results), False, detail))
+    if reach >= STAGES.index("report"):
+        out = Layout.at(spec.store).report(spec.experiment)
+        statuses.append(StageStatus("report", str(out), False, "always rebuilt from the catalog"))
     return statuses
 
 
@@ -93,4 +103,10 @@ def pipeline(spec: Spec, until: Stage = STAGES[-1]) -> dict[str, Any]:
     if until == "tokenize":
         return results
     results["pretrain"] = pretrain(spec, corpus_id, results["tokenize"]["families"])
+    if until == "pretrain":
+        return results
+    results["transfer"] = transfer(spec, results["pretrain"]["families"])
+    if until == "transfer":
+        return results
+    results["report"] = report(spec)
     return results

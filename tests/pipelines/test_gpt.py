@@ -54,6 +54,16 @@ def test_config_uses_our_vocabulary_and_block_size():
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied
 
 
+def test_init_is_seeded_by_the_spec():
+    spec = GPTSpec(n_layer=1, n_embd=32, block_size=16)
+    a, b = build_gpt(spec, 300, 1, 0), build_gpt(spec, 300, 1, 0)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    other = build_gpt(
+        spec.model_copy(update={"loop": spec.loop.model_copy(update={"seed": 1})}), 300, 1, 0
+    )
+    assert not torch.equal(a.transformer.wte.weight, other.transformer.wte.weight)
+
+
 def test_bad_specs_fail_with_the_field_to_change():
     with pytest.raises(GPTError, match="n_embd 30 is not divisible by n_head 4"):
         build_gpt(GPTSpec(n_head=4, n_embd=30), 300, 1, 0)
@@ -88,6 +98,12 @@ def test_layer_states_embeddings_then_every_block():
     assert torch.allclose(states[0], embeddings, atol=1e-6)
     assert torch.allclose(states[-1], last, atol=1e-6)
     assert not torch.allclose(states[1], states[0], atol=1e-3)
+
+
+def test_sequences_beyond_the_position_table_are_refused():
+    model = build_gpt(GPTSpec(n_layer=1, n_embd=32, block_size=16), 300, 1, 0)
+    with pytest.raises(GPTError, match="17 tokens is longer than this GPT's position table"):
+        gpt_layer_states(model, torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_loss_decreases_on_real_text_to_the_unigram_plateau(corpus, tmp_path):

@@ -73,7 +73,7 @@ def _conll(path: Path) -> list[list[tuple[str, str]]]:
 
 
 def test_registry_is_consistent() -> None:
-    assert len(DATASETS) == 10
+    assert len(DATASETS) == 11
     for name, info in DATASETS.items():
         assert info.name == name and info.kind in ("corpus", "task", "eval") and info.license
         assert set(info.corpus_files) <= set(info.files) and set(info.task_files) <= set(info.files)
@@ -101,7 +101,21 @@ def test_accessors_name_the_files_and_formats(shared: Path) -> None:
     assert demo_data.dataset_format("polarity-reviews-text") == "jsonl"
     assert demo_data.dataset_text_field("lee-news") is None
     assert dataset_files("pos-oanc", shared) == [shared / "pos-oanc/oanc.txt"]
-    assert dataset_files("pos-oanc", shared, role="task") == [shared / "pos-oanc/oanc.conll"]
+    assert dataset_files("pos-oanc", shared, role="task") == [
+        shared / "pos-oanc/oanc.conll",
+        shared / "pos-oanc/test.conll",
+    ]
+    assert demo_data.task_splits("pos-oanc") == ("train", "test")
+    assert demo_data.task_splits("polarity-sentences") == ("train",)
+    assert demo_data.task_fields("bible-paraphrase") == {
+        "text_field": "text_a",
+        "text_b_field": "text_b",
+        "label_field": "label",
+    }
+    assert (
+        demo_data.task_kind("wic-wordnet") == "wic"
+        and demo_data.task_format("wic-wordnet") == "jsonl"
+    )
     assert demo_data.task_format("pos-wsj") == "conll"
     assert demo_data.task_format("word-similarity") == "gensim"
 
@@ -184,7 +198,7 @@ def test_polarity_sentences_have_two_balanced_mixed_labels(shared: Path) -> None
 def test_pos_conll_has_ptb_tags(
     shared: Path, name: str, stem: str, sentences: int, tokens: int
 ) -> None:
-    [path] = dataset_files(name, shared, role="task")
+    path = dataset_files(name, shared, role="task")[0]
     parsed = _conll(path)
     assert len(parsed) == sentences and sum(map(len, parsed)) == tokens
     tags = collections.Counter(tag for sentence in parsed for _word, tag in sentence)
@@ -192,18 +206,57 @@ def test_pos_conll_has_ptb_tags(
     if name == "pos-oanc":
         text = dataset_files(name, shared)[0].read_text(encoding="utf-8").splitlines()
         assert text == [" ".join(word for word, _tag in sentence) for sentence in parsed]
+        gold = _conll(dataset_files("pos-wsj", shared, role="task")[0])
+        quotes = {"``": '"', "''": '"'}
+        wsj = [[(w, quotes.get(t, t)) for w, t in sentence] for sentence in gold]
+        assert _conll(shared / "pos-oanc/test.conll") == wsj
 
 
 def test_wordnet_glosses(shared: Path) -> None:
     [path] = dataset_files("wordnet-glosses", shared)
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert 160_000 < len(lines) < 170_000  # 117,659 definitions + ~48k examples
+    assert 155_000 < len(lines) < 162_000  # 117,659 definitions + ~48k examples - WiC test
     assert (
         "that which is perceived or known or inferred to have its own distinct existence "
         "(living or nonliving)" in lines
     )
     assert "she was able to program her computer" in lines
     assert "Princeton" in (shared / "wordnet-glosses/LICENSE-wordnet.txt").read_text()
+
+
+def _wic(shared: Path) -> dict[str, list[dict]]:
+    paths = dataset_files("wic-wordnet", shared, role="task")
+    return {
+        p.stem: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
+        for p in paths
+    }
+
+
+def test_wic_is_balanced_lemma_disjoint_and_spans_point_at_the_lemma(shared: Path) -> None:
+    splits = _wic(shared)
+    assert {s: len(rows) for s, rows in splits.items()} == {"train": 4000, "dev": 800, "test": 1600}
+    lemmas = {s: {row["word"] for row in rows} for s, rows in splits.items()}
+    assert not (lemmas["train"] & lemmas["dev"] or lemmas["train"] & lemmas["test"])
+    assert not lemmas["dev"] & lemmas["test"]
+    for rows in splits.values():
+        assert collections.Counter(row["label"] for row in rows) == {
+            0: len(rows) // 2,
+            1: len(rows) // 2,
+        }
+        for row in rows:
+            assert row["text"] != row["text_b"]
+            assert row["text"][row["start1"] : row["end1"]].lower() == row["word"]
+            assert row["text_b"][row["start2"] : row["end2"]].lower() == row["word"]
+
+
+def test_wic_test_lemmas_are_kept_out_of_the_glosses(shared: Path) -> None:
+    [path] = dataset_files("wordnet-glosses", shared)
+    glosses = set(path.read_text(encoding="utf-8").splitlines())
+    test = _wic(shared)["test"]
+    assert not {row["text"] for row in test} & glosses
+    assert not {row["text_b"] for row in test} & glosses
+    train_sentences = {row["text"] for row in _wic(shared)["train"]}
+    assert len(train_sentences & glosses) > 0.9 * len(train_sentences)
 
 
 def test_bible_pairs_are_balanced_and_clean(shared: Path) -> None:

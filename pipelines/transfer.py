@@ -1,0 +1,608 @@
+"""Transfer a pretrained model to a labelled task: every mode, every family, as the papers did.
+
+Modes (`TransferConfig.mode`):
+- `scratch`: the same architecture (config from the model directory), randomly initialised;
+  word2vec: random vectors of the same shape and scale. Everything trains at `lr`.
+- `frozen`: the encoder never trains; the head reads a learned softmax-weighted scalar mix of
+  ALL layers with a global scale gamma (ELMo, eq. 1). `frozen:layer=N` reads layer N only.
+- `finetune`: everything trains; the pretrained encoder at `lr * ENCODER_LR_SCALE` (0.1): a
+  smaller step keeps what pretraining learned (BERT/ULMFiT fine-tune with small rates).
+- `partial:k`: the embeddings and bottom k layers loaded, the rest re-initialised; loaded
+  layers fine-tune at the encoder rate, re-initialised ones at `lr`. `partial:k:frozen`: the
+  loaded layers stay fixed. word2vec has no layers: partial is an error.
+
+Which layers a trained encoder's head reads: BERT and GPT the top layer, ELMo a scalar mix of
+all three (it was never used otherwise), word2vec its one layer. See `pipelines/heads.py` for
+the inputs, pooling and the linear head.
+
+Frozen mode runs the encoder ONCE per (model, task): the pooled per-layer features of every
+train/dev/test example are written to `feature_cache` and every later run (any budget, seed,
+rate, layer probe) trains only the mix and the head on them.
+
+Training: AdamW, shuffled mini-batches of examples, one dev evaluation per epoch (reported via
+`on_epoch`), early stopping after `patience` epochs without a better dev score (span F1 for BIO
+tag sets, else accuracy), test metrics with the weights of the best dev epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from pipelines.heads import (
+    Encoded,
+    Encoder,
+    TaskHead,
+    TransferError,
+    encode_examples,
+    family_inputs,
+    load_encoder,
+    pooled_states,
+)
+from storage.atomic import atomic_dir, is_complete, write_manifest
+from storage.hashing import stable_hash
+
+if TYPE_CHECKING:
+    from pipelines.task_data import Example, TaskData
+
+ENCODER_LR_SCALE = 0.1  # pretrained weights move 10x slower than the head
+SPLITS = ("train", "dev", "test")
+FEATURES_FORMAT = "pretrainlab-transfer-features-v1"
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    mode: str
+    lr: float
+    epochs: int
+    patience: int
+    batch_size: int
+    max_len: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    step: int
+    split: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    curve: list[EpochMetrics]  # per-epoch dev metrics (convergence curves)
+    best_epoch: int
+    dev: dict[str, float]  # at the best epoch: accuracy, macro_f1 (+ span_f1 for BIO tags)
+    test: dict[str, float]
+    mix_weights: list[float] | None  # the scalar mix's softmax weights, when there is a mix
+    train_examples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str  # scratch | frozen | finetune | partial
+    layer: int | None = None  # frozen:layer=N
+    k: int | None = None  # partial:k
+    freeze_loaded: bool = False  # partial:k:frozen
+
+
+MODES = "scratch | frozen | frozen:layer=N | finetune | partial:k | partial:k:frozen"
+
+
+def parse_mode(text: str) -> Mode:
+    """`frozen:layer=2` -> Mode("frozen", layer=2); a clear error for anything else."""
+    parts = text.split(":")
+    try:
+        if parts == ["scratch"] or parts == ["finetune"] or parts == ["frozen"]:
+            return Mode(parts[0])
+        if len(parts) == 2 and parts[0] == "frozen" and parts[1].startswith("layer="):
+            return Mode("frozen", layer=int(parts[1].removeprefix("layer=")))
+        if parts[0] == "partial" and len(parts) in (2, 3) and parts[2:] in ([], ["frozen"]):
+            return Mode("partial", k=int(parts[1]), freeze_loaded=len(parts) == 3)
+    except ValueError:
+        pass
+    raise TransferError(f"unknown transfer mode {text!r}; choose from {MODES}")
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def _chunk_end(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (
+        prev_tag in ("E", "S")
+        or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+        or (prev_tag not in ("O", ".") and prev_type != type_)
+    )
+
+
+def _chunk_start(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (
+        tag in ("B", "S")
+        or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+        or (tag not in ("O", ".") and prev_type != type_)
+    )
+
+
+def spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    """(type, first, last) entity spans of a BIO/BIOES sequence, read as seqeval's default
+    (conlleval) mode reads it: an I- after O or after another type starts a span."""
+    found, prev_tag, prev_type, begin = set(), "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):
+        tag = chunk[0] if chunk else "O"
+        type_ = chunk[1:].split("-", maxsplit=1)[-1] or "_"
+        if _chunk_end(prev_tag, tag, prev_type, type_):
+            found.add((prev_type, begin, i - 1))
+        if _chunk_start(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return found
+
+
+def span_f1(true: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> float:
+    """Micro span F1 over sentences, as `seqeval.metrics.f1_score` computes it."""
+    n_true = n_pred = n_correct = 0
+    for t, p in zip(true, pred, strict=True):
+        gold, guess = spans(t), spans(p)
+        n_true, n_pred, n_correct = (
+            n_true + len(gold),
+            n_pred + len(guess),
+            n_correct + len(gold & guess),
+        )
+    precision = n_correct / n_pred if n_pred else 0.0
+    recall = n_correct / n_true if n_true else 0.0
+    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+
+def is_bio(labels: Sequence[str]) -> bool:
+    """A tag set of entity spans: every tag O or X-TYPE with X in B/I/E/S, some not O."""
+    return any(t != "O" for t in labels) and all(
+        t == "O" or (len(t) > 2 and t[0] in "BIES" and t[1] == "-") for t in labels
+    )
+
+
+def _metrics(
+    task: TaskData, gold: np.ndarray, pred: np.ndarray, item_offsets: np.ndarray
+) -> dict[str, float]:
+    metrics = {
+        "accuracy": float((gold == pred).mean()) if len(gold) else 0.0,
+        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
+    }
+    if task.kind == "tag" and is_bio(task.labels):
+        names = np.asarray(task.labels)
+        cuts = list(itertools.pairwise(item_offsets))
+        metrics["span_f1"] = span_f1(
+            [list(names[gold[a:b]]) for a, b in cuts], [list(names[pred[a:b]]) for a, b in cuts]
+        )
+    return metrics
+
+
+def _headline(task: TaskData) -> str:
+    return "span_f1" if task.kind == "tag" and is_bio(task.labels) else "accuracy"
+
+
+# ----------------------------------------------------------------------------- labels & splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """The examples of one split: item labels and which items each example owns."""
+
+    examples: tuple[Example, ...]
+    labels: np.ndarray  # (items,) label indices
+    item_offsets: np.ndarray  # (examples + 1,)
+
+    def items(self, examples: Sequence[int]) -> np.ndarray:
+        o = self.item_offsets
+        return np.concatenate([np.arange(o[e], o[e + 1]) for e in examples])
+
+
+def _split(task: TaskData, examples: Sequence[Example], name: str) -> Split:
+    index = {label: i for i, label in enumerate(task.labels)}
+    labels, offsets = [], [0]
+    for n, ex in enumerate(examples):
+        values = ex.tags if task.kind == "tag" else (ex.label,)
+        if task.kind == "tag" and len(ex.tags) != len(ex.words):
+            raise TransferError(
+                f"task {task.name}, {name} example {n}: {len(ex.words)} words but "
+                f"{len(ex.tags)} tags; every word needs one tag"
+            )
+        for value in values:
+            if value not in index:
+                raise TransferError(
+                    f"task {task.name}, {name} example {n}: label {value!r} is not in the "
+                    f"task's label set {list(task.labels)}"
+                )
+            labels.append(index[value])
+        offsets.append(len(labels))
+    return Split(tuple(examples), np.asarray(labels, dtype=np.int64), np.asarray(offsets))
+
+
+def _splits(task: TaskData, train: Sequence[Example]) -> dict[str, Split]:
+    if not train:
+        raise TransferError(f"task {task.name}: no training examples given")
+    for name in ("dev", "test"):
+        if not getattr(task, name):
+            raise TransferError(f"task {task.name}: the {name} split is empty")
+    return {
+        "train": _split(task, train, "train"),
+        "dev": _split(task, task.dev, "dev"),
+        "test": _split(task, task.test, "test"),
+    }
+
+
+# ----------------------------------------------------------------------------- feature sources
+
+
+class EncoderSource:
+    """Features computed by a (trainable) encoder on every batch."""
+
+    def __init__(
+        self, encoder: Encoder, encoded: dict[str, Encoded], layers: tuple[int, ...], pad_id: int
+    ) -> None:
+        self.encoder, self.encoded, self.layers, self.pad_id = encoder, encoded, layers, pad_id
+
+    def features(self, split: str, examples: Sequence[int]) -> torch.Tensor:
+        return pooled_states(self.encoder, self.encoded[split], examples, self.layers, self.pad_id)
+
+
+class CachedSource:
+    """Pooled per-layer features computed once: (items, G, L, D) per split."""
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        splits: dict[str, Split],
+        rows: dict[str, np.ndarray],
+        layers: tuple[int, ...],
+    ) -> None:
+        self.arrays, self.splits, self.rows, self.layers = arrays, splits, rows, layers
+
+    def features(self, split: str, examples: Sequence[int]) -> torch.Tensor:
+        rows = self.rows[split][self.splits[split].items(examples)]
+        return torch.from_numpy(np.ascontiguousarray(self.arrays[split][rows][:, :, self.layers]))
+
+
+# ----------------------------------------------------------------------------- frozen features
+
+
+def _model_identity(model_dir: Path) -> list[list[Any]]:
+    """What the saved model is, cheaply: every file's relative path, size and mtime."""
+    return [
+        [str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns]
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def extract_features(
+    encoder: Encoder, encoded: Encoded, batch_size: int, pad_id: int
+) -> np.ndarray:
+    """(items, G, L, D) pooled features of every layer; the encoder in eval mode, no grad."""
+    encoder.eval()
+    layers = tuple(range(encoder.n_blocks + 1))
+    n = len(encoded.seq_offsets) - 1
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            batch = range(start, min(start + batch_size, n))
+            chunks.append(pooled_states(encoder, encoded, batch, layers, pad_id).numpy())
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def frozen_features(
+    family: str, model_dir: Path, task: TaskData, max_len: int, feature_cache: Path | None = None
+) -> dict[str, np.ndarray]:
+    """The pooled per-layer features of every train/dev/test example of `task`.
+
+    With `feature_cache`, computed once per (model files, task content, family, max_len) and
+    read back from `<feature_cache>/<task>-<family>-<key>/<split>.npy` afterwards.
+    """
+    model_dir = Path(model_dir)
+    key = stable_hash(
+        {
+            "format": FEATURES_FORMAT,
+            "family": family,
+            "task": task.fingerprint,
+            "kind": task.kind,
+            "max_len": max_len,
+            "model": _model_identity(model_dir),
+        }
+    )[:16]
+    directory = Path(feature_cache) / f"{task.name}-{family}-{key}" if feature_cache else None
+    if directory is not None and is_complete(directory):
+        return {s: np.load(directory / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+    encoder, tokenizer, _ = load_encoder(family, model_dir)
+    inputs = family_inputs(family, tokenizer, max_len, encoder.max_positions)
+    arrays = {
+        s: extract_features(
+            encoder, encode_examples(inputs, task.kind, getattr(task, s)), 32, _pad(tokenizer)
+        )
+        for s in SPLITS
+    }
+    if directory is not None:
+        with atomic_dir(directory) as tmp:
+            for split, array in arrays.items():
+                np.save(tmp / f"{split}.npy", array)
+            write_manifest(
+                tmp,
+                {
+                    "format": FEATURES_FORMAT,
+                    "family": family,
+                    "task": task.name,
+                    "model_dir": str(model_dir),
+                    "max_len": max_len,
+                    "shapes": {s: list(a.shape) for s, a in arrays.items()},
+                },
+            )
+    return arrays
+
+
+def _pad(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _cached_source(
+    arrays: dict[str, np.ndarray],
+    task: TaskData,
+    splits: dict[str, Split],
+    layers: tuple[int, ...],
+) -> CachedSource:
+    """Map the (budgeted) train examples to their rows in the full train split's features."""
+    full = _split(task, task.train, "train")
+    first_row: dict[Example, int] = {}
+    for n, ex in enumerate(task.train):
+        first_row.setdefault(ex, n)
+    missing = [n for n, ex in enumerate(splits["train"].examples) if ex not in first_row]
+    if missing:
+        raise TransferError(
+            f"task {task.name}: {len(missing)} training example(s) (e.g. number {missing[0]}) "
+            "are not in the task's train split; draw budgets with task_data.take_budget"
+        )
+    starts = [full.item_offsets[first_row[ex]] for ex in splits["train"].examples]
+    lengths = np.diff(splits["train"].item_offsets)
+    train_rows = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+    rows = {"train": train_rows}
+    rows |= {s: np.arange(len(splits[s].labels)) for s in ("dev", "test")}
+    for split in SPLITS:
+        if arrays[split].shape[0] != len(_split(task, getattr(task, split), split).labels):
+            raise TransferError(f"feature cache for task {task.name} ({split}) does not match it")
+    n_layers = arrays["train"].shape[2]
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise TransferError(
+            f"frozen:layer={bad[0]}: the model has layers 0..{n_layers - 1} (0 = embeddings)"
+        )
+    return CachedSource(arrays, splits, rows, layers)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _evaluate(
+    head: TaskHead, source: Any, split: Split, name: str, task: TaskData, batch_size: int
+) -> dict[str, float]:
+    head.eval()
+    if isinstance(source, EncoderSource):
+        source.encoder.eval()
+    preds = []
+    with torch.no_grad():
+        for start in range(0, len(split.examples), batch_size):
+            batch = range(start, min(start + batch_size, len(split.examples)))
+            preds.append(head(source.features(name, batch)).argmax(-1).numpy())
+    pred = np.concatenate(preds)
+    return _metrics(task, split.labels, pred, split.item_offsets)
+
+
+def _optimizer(head: TaskHead, source: Any, lr: float, loaded: set[str]) -> torch.optim.AdamW:
+    groups = [{"params": list(head.parameters()), "lr": lr}]
+    if isinstance(source, EncoderSource):
+        named = [(n, p) for n, p in source.encoder.named_parameters() if p.requires_grad]
+        slow = [p for n, p in named if n in loaded]
+        fast = [p for n, p in named if n not in loaded]
+        groups += [{"params": slow, "lr": lr * ENCODER_LR_SCALE}, {"params": fast, "lr": lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+def _fit(
+    task: TaskData,
+    splits: dict[str, Split],
+    source: Any,
+    head: TaskHead,
+    config: TransferConfig,
+    loaded: set[str],
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> tuple[list[EpochMetrics], int, dict[str, float], dict[str, float]]:
+    """Train, early-stop on dev, return (curve, best epoch, dev and test at the best epoch)."""
+    optimizer = _optimizer(head, source, config.lr, loaded)
+    trainable = [head] + ([source.encoder] if isinstance(source, EncoderSource) else [])
+    generator = torch.Generator().manual_seed(config.seed)
+    train, headline = splits["train"], _headline(task)
+    curve: list[EpochMetrics] = []
+    best_epoch, best_score, best_state, step = 0, -1.0, None, 0
+    for epoch in range(1, config.epochs + 1):
+        for module in trainable:
+            module.train()
+        if isinstance(source, EncoderSource) and not any(
+            p.requires_grad for p in source.encoder.parameters()
+        ):
+            source.encoder.eval()
+        order = torch.randperm(len(train.examples), generator=generator).tolist()
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            labels = torch.from_numpy(train.labels[train.items(batch)])
+            loss = F.cross_entropy(head(source.features("train", batch)), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+        dev = _evaluate(head, source, splits["dev"], "dev", task, config.batch_size)
+        curve.append(EpochMetrics(epoch, step, "dev", dev))
+        if on_epoch is not None:
+            on_epoch(curve[-1])
+        if dev[headline] > best_score:
+            best_epoch, best_score = epoch, dev[headline]
+            best_state = [copy.deepcopy(m.state_dict()) for m in trainable]
+        elif epoch - best_epoch >= config.patience:
+            break
+    for module, state in zip(trainable, best_state or [], strict=True):
+        module.load_state_dict(state)
+    test = _evaluate(head, source, splits["test"], "test", task, config.batch_size)
+    return curve, best_epoch, curve[best_epoch - 1].metrics, test
+
+
+def _check_config(config: TransferConfig) -> None:
+    for name in ("epochs", "patience", "batch_size", "max_len"):
+        if getattr(config, name) < 1:
+            raise TransferError(f"transfer {name} must be at least 1, got {getattr(config, name)}")
+    if not config.lr > 0:
+        raise TransferError(f"transfer lr must be positive, got {config.lr}")
+
+
+def build_trainable(family: str, model_dir: Path, mode: Mode) -> tuple[Encoder, Any, set[str]]:
+    """The encoder for a non-frozen mode, its tokenizer, and the names of its parameters that
+    were loaded from the pretrained model (they train at the encoder rate)."""
+    if mode.name == "scratch":
+        encoder, tokenizer, prefixes = load_encoder(family, model_dir, scratch=True)
+    elif mode.name == "partial":
+        encoder, tokenizer, prefixes = load_encoder(family, model_dir, load_blocks=mode.k)
+    else:
+        encoder, tokenizer, prefixes = load_encoder(family, model_dir)
+    loaded = {n for n, _ in encoder.named_parameters() if prefixes and n.startswith(prefixes)}
+    if mode.freeze_loaded:
+        for name, param in encoder.named_parameters():
+            param.requires_grad_(name not in loaded)
+    return encoder, tokenizer, loaded
+
+
+def _train_head(
+    task: TaskData,
+    splits: dict[str, Split],
+    source: Any,
+    shape: tuple[int, int, int],
+    config: TransferConfig,
+    loaded: set[str],
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    start: float,
+) -> TransferResult:
+    """Build the head for `shape` = (layers read, groups, width), train, package the result."""
+    torch.manual_seed(config.seed)  # the head's init does not depend on how the encoder was built
+    n_layers, groups, dim = shape
+    head = TaskHead(n_layers, dim, groups, len(task.labels))
+    curve, best, dev, test = _fit(task, splits, source, head, config, loaded, on_epoch)
+    return TransferResult(
+        curve=curve,
+        best_epoch=best,
+        dev=dev,
+        test=test,
+        mix_weights=head.mix.weights().tolist() if head.mix is not None else None,
+        train_examples=len(splits["train"].examples),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _run_frozen(
+    task: TaskData,
+    train: Sequence[Example],
+    config: TransferConfig,
+    arrays: dict[str, np.ndarray],
+    layers: tuple[int, ...],
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    start: float,
+) -> TransferResult:
+    splits = _splits(task, train)
+    source = _cached_source(arrays, task, splits, layers)
+    _, groups, _, dim = arrays["train"].shape
+    shape = (len(layers), groups, dim)
+    return _train_head(task, splits, source, shape, config, set(), on_epoch, start)
+
+
+def run_transfer(
+    family: str,
+    model_dir: Path,
+    task: TaskData,
+    train: Sequence[Example],
+    config: TransferConfig,
+    feature_cache: Path | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> TransferResult:
+    """Train a head (and, by mode, the encoder) of `family`'s model on `train`; see the module
+    docstring for the modes. Deterministic for a given seed."""
+    start = time.perf_counter()
+    _check_config(config)
+    mode = parse_mode(config.mode)
+    splits = _splits(task, train)
+    if mode.name == "frozen":
+        arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
+        all_layers = tuple(range(arrays["train"].shape[2]))
+        layers = all_layers if mode.layer is None else (mode.layer,)
+        return _run_frozen(task, train, config, arrays, layers, on_epoch, start)
+    torch.manual_seed(config.seed)  # a scratch / re-initialised encoder's init
+    encoder, tokenizer, loaded = build_trainable(family, model_dir, mode)
+    inputs = family_inputs(family, tokenizer, config.max_len, encoder.max_positions)
+    encoded = {s: encode_examples(inputs, task.kind, splits[s].examples) for s in SPLITS}
+    layers = encoder.reading_layers()
+    source = EncoderSource(encoder, encoded, layers, _pad(tokenizer))
+    shape = (len(layers), len(encoded["train"].items[0]), encoder.dim)
+    return _train_head(task, splits, source, shape, config, loaded, on_epoch, start)
+
+
+def probe_layers(
+    family: str,
+    model_dir: Path,
+    task: TaskData,
+    train: Sequence[Example],
+    config: TransferConfig,
+    feature_cache: Path | None = None,
+) -> dict[int, dict[str, float]]:
+    """A linear probe (the linear head on one frozen layer) per layer, layer 0 = embeddings:
+    test metrics at the best dev epoch. The encoder runs at most once for all layers."""
+    _check_config(config)
+    arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
+    return {
+        layer: _run_frozen(task, train, config, arrays, (layer,), None, time.perf_counter()).test
+        for layer in range(arrays["train"].shape[2])
+    }
+
+
+def polysemy_similarity(
+    family: str, model_dir: Path, task: TaskData, max_len: int, feature_cache: Path | None = None
+) -> dict[int, dict[str, float]]:
+    """Per layer, the cosine between a word's representations in two sentences, averaged over
+    same-sense and different-sense pairs of a word-in-context task's test split.
+
+    A static model (word2vec) gives the same vector in both sentences, so both numbers are 1 by
+    construction; a contextual model separates them when it has learned word senses.
+    """
+    if task.kind != "wic":
+        raise TransferError(f"polysemy needs a word-in-context task; {task.name} is {task.kind}")
+    test = np.asarray(frozen_features(family, model_dir, task, max_len, feature_cache)["test"])
+    same = np.array([example.label == "1" for example in task.test])
+    u, v = test[:, 0], test[:, 1]  # (pairs, layers, dim): the target word in each sentence
+    norms = np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1)
+    cosine = (u * v).sum(-1) / np.maximum(norms, 1e-12)  # (pairs, layers)
+    known = norms > 0  # a word without a vector (out of vocabulary) says nothing about senses
+
+    def mean(rows: np.ndarray, layer: int) -> float:
+        chosen = rows & known[:, layer]
+        return float(cosine[chosen, layer].mean()) if chosen.any() else float("nan")
+
+    return {
+        layer: {
+            "same_sense_sim": mean(same, layer),
+            "diff_sense_sim": mean(~same, layer),
+            "pairs": float((known[:, layer]).sum()),
+        }
+        for layer in range(cosine.shape[1])
+    }

@@ -1,0 +1,239 @@
+"""Transfer tasks: one Prefect task per (task, family, mode); inside it one MLflow run and one
+Parquet file of result rows per (label budget, seed); baselines, probes and polysemy beside.
+
+Each mode picks its own learning rate on dev from its grid (a shared rate manufactures the
+"pretraining helps" result); the chosen rate is recorded with the run. Result rows are the
+truth the report reads; MLflow mirrors them for its UI, each run written in one batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+import pipelines.baselines as baselines_lib
+import pipelines.heads as heads_lib
+import pipelines.task_data as task_data_lib
+import pipelines.transfer as transfer_lib
+from pretrainlab.config import Spec, TaskSpec
+from storage import tracking
+from storage.atomic import write_parquet
+from storage.hashing import code_hash, stable_hash
+from storage.layout import Layout
+from tasks.progress import stage_logger
+from tasks.tracking import open_tracking
+
+RESULT_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("task", pa.string()), ("family", pa.string()),
+    ("model_version", pa.string()), ("mode", pa.string()), ("budget", pa.string()),
+    ("seed", pa.int32()), ("lr", pa.float64()), ("epoch", pa.int32()), ("split", pa.string()),
+    ("metric", pa.string()), ("value", pa.float64()), ("layer", pa.int32()),
+])
+CODE = [transfer_lib, heads_lib, task_data_lib]
+Item = tuple[int, str, str, float, int | None]  # epoch, split, metric, value, layer
+Point = tuple[str, float | None, int]  # metric, value, step
+
+
+def grid_key(mode: str) -> str:
+    """frozen:layer=2 -> frozen, partial:1:frozen -> partial: the lr grid a mode draws from."""
+    return mode.split(":", 1)[0]
+
+
+def experiment_name(spec: Spec, task_name: str) -> str:
+    return f"{spec.experiment}/transfer/{task_name}"
+
+
+def _rows(base: dict[str, Any], items: list[Item]) -> pa.Table:
+    names = ("epoch", "split", "metric", "value", "layer")
+    rows = [{**base, **dict(zip(names, item, strict=True))} for item in items]
+    return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _result_path(spec: Spec, task_name: str, key: str) -> Path:
+    return Layout.at(spec.store).results / task_name / f"{key}.parquet"
+
+
+def _cached(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    table = pq.read_table(path, columns=["run_id"])
+    return {"cache_hit": True, "rows": table.num_rows, "run_id": table["run_id"][0].as_py()}
+
+
+def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
+            points: list[Point], base: dict[str, Any], items: list[Item], path: Path) -> dict:
+    """One MLflow run (all metrics in one batch) and its result rows, written atomically."""
+    with tracking.start_stage_run(experiment_name(spec, task_name), run_name,
+                                  {"stage": "transfer", "task": task_name, **tags}) as run:
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now, step) for name, value, step in points
+                   if value is not None and math.isfinite(value)]
+        MlflowClient().log_batch(run.info.run_id, metrics=metrics)
+        run_id = run.info.run_id
+    write_parquet(path, _rows({"run_id": run_id, **base}, items))
+    return {"cache_hit": False, "rows": len(items), "run_id": run_id}
+
+
+def _model_tags(model: dict[str, Any]) -> dict[str, str]:
+    return {"pretrain_run_id": model["run_id"], "model_version": model["version"],
+            "registered_name": model["registered_name"]}
+
+
+@task(name="load-task", task_run_name="load-task/{task_spec.name}", cache_policy=NO_CACHE)
+def load_task(spec: Spec, task_spec: TaskSpec) -> task_data_lib.TaskData:
+    """Read and split a task's files (fixed splits by hash), with clear errors."""
+    data = task_data_lib.load_task(task_spec, Path(spec.data_dir) if spec.data_dir else None)
+    stage_logger().info(
+        f"task {data.name} ({data.kind}): {len(data.train)} train / {len(data.dev)} dev / "
+        f"{len(data.test)} test, {len(data.labels)} labels"
+    )
+    return data
+
+
+def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) -> dict:
+    key = stable_hash({"task": data.fingerprint, "method": method, "budget": budget,
+                       "seed": seed, "code": code_hash([baselines_lib, task_data_lib])})
+    path = _result_path(spec, data.name, key)
+    if (cached := _cached(path)) is not None:
+        return cached
+    scores = baselines_lib.baseline(data, task_data_lib.take_budget(data.train, budget, seed))
+    pairs = [(split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
+    base = {"task": data.name, "family": "baseline", "model_version": "", "mode": method,
+            "budget": str(budget), "seed": seed, "lr": 0.0}
+    tags = {"family": "baseline", "mode": method, "budget": str(budget), "seed": str(seed)}
+    return _record(spec, data.name, f"baseline-{method}/{data.name}-b{budget}-s{seed}", tags,
+                   [(f"{split}_{k}", v, 0) for split, k, v in pairs], base,
+                   [(0, split, k, v, None) for split, k, v in pairs], path)
+
+
+@task(name="baseline", task_run_name="baseline/{data.name}", cache_policy=NO_CACHE)
+def run_baseline(spec: Spec, data: task_data_lib.TaskData) -> list[dict[str, Any]]:
+    """The non-neural reference line (TF-IDF + logistic regression; most frequent tag)."""
+    method = "most_frequent_tag" if data.kind == "tag" else "tfidf_logreg"
+    open_tracking(spec)
+    return [_baseline_one(spec, data, method, budget, seed)
+            for budget in spec.transfer.budgets for seed in spec.transfer.seeds]
+
+
+def _config(spec: Spec, mode: str, lr: float, seed: int) -> transfer_lib.TransferConfig:
+    t = spec.transfer
+    return transfer_lib.TransferConfig(mode=mode, lr=lr, epochs=t.epochs, patience=t.patience,
+                                       batch_size=t.batch_size, max_len=t.max_len, seed=seed)
+
+
+def _features_dir(spec: Spec, family: str) -> Path:
+    return Layout.at(spec.store).store / "features" / family
+
+
+def _headline(data: Any) -> str:
+    return "span_f1" if data.kind == "tag" and transfer_lib.is_bio(data.labels) else "accuracy"
+
+
+def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mode: str,
+                  budget: Any, seed: int) -> dict[str, Any]:
+    """Train with every rate of the mode's grid, keep the best on dev, record its rows."""
+    grid = spec.transfer.lrs[grid_key(mode)]
+    key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
+                       "mode": mode, "budget": budget, "seed": seed, "grid": grid,
+                       "transfer": spec.transfer.model_dump(mode="json", exclude={"tasks"}),
+                       "code": code_hash(CODE)})
+    path = _result_path(spec, data.name, key)
+    if (cached := _cached(path)) is not None:
+        return cached
+    train = task_data_lib.take_budget(data.train, budget, seed)
+    started = time.perf_counter()
+    trials = {lr: transfer_lib.run_transfer(family, Path(model["model_dir"]), data, train,
+                                            _config(spec, mode, lr, seed),
+                                            _features_dir(spec, family))
+              for lr in grid}
+    headline = _headline(data)
+    best_lr = max(grid, key=lambda lr: trials[lr].dev.get(headline, float("-inf")))
+    best = trials[best_lr]
+    mix = list(enumerate(best.mix_weights or []))
+    points: list[Point] = [(f"dev_{k}", v, p.epoch) for p in best.curve
+                           for k, v in p.metrics.items()]
+    points += [(f"test_{k}", v, best.best_epoch) for k, v in best.test.items()]
+    points += [(f"mix_weight_{i}", w, 0) for i, w in mix]
+    points += [(f"grid_dev_{headline}_lr_{lr:g}", t.dev.get(headline), 0)
+               for lr, t in trials.items()]
+    items: list[Item] = [(p.epoch, "dev", k, v, None) for p in best.curve
+                         for k, v in p.metrics.items()]
+    items += [(best.best_epoch, "test", k, v, None) for k, v in best.test.items()]
+    items += [(best.best_epoch, "mix", "weight", w, i) for i, w in mix]
+    tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
+            "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_epoch": str(best.best_epoch),
+            "train_examples": str(len(train)), **_model_tags(model)}
+    base = {"task": data.name, "family": family, "model_version": model["version"],
+            "mode": mode, "budget": str(budget), "seed": seed, "lr": best_lr}
+    result = _record(spec, data.name, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
+                     points, base, items, path)
+    stage_logger().info(
+        f"{family} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
+        f"test {headline} {best.test.get(headline, float('nan')):.3f} "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
+    return result
+
+
+@task(name="transfer", task_run_name="transfer-{family}-{mode}/{data.name}",
+      cache_policy=NO_CACHE)
+def run_transfer(spec: Spec, data: task_data_lib.TaskData, family: str, model: dict[str, Any],
+                 mode: str) -> list[dict[str, Any]]:
+    """One family in one mode on one task, over every label budget and seed."""
+    open_tracking(spec)
+    return [_transfer_one(spec, data, family, model, mode, budget, seed)
+            for budget in spec.transfer.budgets for seed in spec.transfer.seeds]
+
+
+def _per_layer(spec: Spec, data: Any, family: str, model: dict[str, Any], kind: str,
+               scores: dict[int, dict[str, float]], result_task: str, key: str,
+               lr: float) -> dict[str, Any]:
+    """Record per-layer numbers (probes, polysemy) as one run and layer-indexed rows."""
+    pairs = [(layer, k, v) for layer, metrics in scores.items() for k, v in metrics.items()]
+    base = {"task": result_task, "family": family, "model_version": model["version"],
+            "mode": kind, "budget": "all", "seed": 0, "lr": lr}
+    open_tracking(spec)
+    return _record(spec, data.name, f"{kind}-{family}/{data.name}",
+                   {"family": family, "mode": kind, **_model_tags(model)},
+                   [(f"test_{k}", v, layer) for layer, k, v in pairs], base,
+                   [(0, "test", k, v, layer) for layer, k, v in pairs],
+                   _result_path(spec, result_task, key))
+
+
+@task(name="probe", task_run_name="probe-{family}/{data.name}", cache_policy=NO_CACHE)
+def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
+              model: dict[str, Any]) -> dict[str, Any]:
+    """A linear probe per layer: which layer knows what."""
+    lr = spec.transfer.lrs["frozen"][0]
+    key = "probe-" + stable_hash({
+        "task": data.fingerprint, "family": family, "model": model["model_key"], "lr": lr,
+        "transfer": spec.transfer.model_dump(mode="json", exclude={"tasks"}),
+        "code": code_hash(CODE)})
+    if (cached := _cached(_result_path(spec, data.name, key))) is not None:
+        return cached
+    scores = transfer_lib.probe_layers(family, Path(model["model_dir"]), data, data.train,
+                                       _config(spec, "frozen", lr, 0),
+                                       _features_dir(spec, family))
+    return _per_layer(spec, data, family, model, "probe", scores, data.name, key, lr)
+
+
+@task(name="polysemy", task_run_name="polysemy-{family}/{data.name}", cache_policy=NO_CACHE)
+def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
+                 model: dict[str, Any]) -> dict[str, Any]:
+    """Same-sense vs different-sense similarity of a word across sentences, per layer."""
+    key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
+                       "max_len": spec.transfer.max_len, "code": code_hash(CODE)})
+    if (cached := _cached(_result_path(spec, "polysemy", key))) is not None:
+        return cached
+    scores = transfer_lib.polysemy_similarity(family, Path(model["model_dir"]), data,
+                                              spec.transfer.max_len, _features_dir(spec, family))
+    return _per_layer(spec, data, family, model, "frozen", scores, "polysemy", key, 0.0)

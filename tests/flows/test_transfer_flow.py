@@ -1,0 +1,152 @@
+"""The whole pipeline on tiny real data: transfer sweep, baselines, probes and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from flows.pipeline import pipeline
+from pretrainlab.config import spec_from_dict
+from storage import catalog
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+LOOP = {
+    "max_steps": 4,
+    "batch_size": 4,
+    "eval_every": 2,
+    "eval_batches": 1,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "warmup_steps": 1,
+}
+
+
+def spec_for(tmp_path: Path):
+    return spec_from_dict(
+        {
+            "experiment": "xfer",
+            "store": str(tmp_path / "store"),
+            "corpus": {
+                "sources": [
+                    {"dataset": "lee-news", "limit": 100},
+                    {"dataset": "wordnet-glosses", "limit": 300},
+                ],
+                "valid_fraction": 0.15,
+            },
+            "tokenizers": {
+                "bert": {"vocab_size": 600},
+                "gpt": {"vocab_size": 600},
+                "word": {"vocab_size": 3000, "min_count": 2},
+            },
+            "pretrain": {
+                "word2vec": {"vector_size": 16, "epochs": 1, "workers": 1},
+                "elmo": {
+                    "embedding_dim": 16,
+                    "hidden_dim": 32,
+                    "seq_len": 16,
+                    "adaptive_cutoffs": [200],
+                    "loop": LOOP,
+                },
+                "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "loop": LOOP},
+                "bert": {
+                    "n_layer": 1,
+                    "n_head": 2,
+                    "hidden_size": 32,
+                    "intermediate_size": 64,
+                    "max_seq_len": 32,
+                    "loop": LOOP,
+                },
+            },
+            "transfer": {
+                "tasks": [
+                {"name": "polarity", "kind": "classify", "dataset": "polarity-sentences",
+                 "max_examples": 60},
+                {"name": "wic", "kind": "wic", "dataset": "wic-wordnet", "max_examples": 40},
+            ],
+                "modes": ["scratch", "frozen", "finetune", "partial:1"],
+                "budgets": [20, "all"],
+                "seeds": [0, 1],
+                "lrs": {
+                    "scratch": [1e-3],
+                    "frozen": [1e-2],
+                    "finetune": [1e-3, 3e-4],
+                    "partial": [1e-3],
+                },
+                "epochs": 2,
+                "batch_size": 8,
+                "max_len": 32,
+                "probe_tasks": ["wic"],
+            },
+        }
+    )
+
+
+def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
+    spec = spec_for(tmp_path)
+    results = pipeline(spec)
+    store = Path(spec.store)
+
+    def sql(text: str) -> list[dict]:
+        return catalog.query(store, text, tracking_uri=spec.tracking_uri()).to_pylist()
+
+    # 2 tasks x 2 budgets x 2 seeds x (4 families x 4 modes - word2vec partial) + baselines.
+    runs = sql(
+        "select task, family, mode, count(distinct run_id) as n from results "
+        "where mode != 'probe' and task != 'polysemy' group by all"
+    )
+    assert {(r["task"], r["family"]) for r in runs} >= {
+        (t, f)
+        for t in ("polarity", "wic")
+        for f in ("word2vec", "elmo", "gpt", "bert", "baseline")
+    }
+    assert all(r["n"] == 4 for r in runs)  # budgets x seeds
+    assert not any(r["family"] == "word2vec" and r["mode"].startswith("partial") for r in runs)
+
+    test_rows = sql(
+        "select family, mode, value from results where split = 'test' and "
+        "metric = 'accuracy' and task = 'polarity'"
+    )
+    assert test_rows and all(0.0 <= r["value"] <= 1.0 for r in test_rows)
+    probes = sql(
+        "select family, count(distinct layer) as layers from results "
+        "where mode = 'probe' and metric = 'accuracy' group by 1 order by 1"
+    )
+    assert {r["family"]: r["layers"] for r in probes} == {"bert": 2, "elmo": 3, "gpt": 2}
+    # Polysemy: word2vec is static (the same vector in both sentences), by construction.
+    sims = sql(
+        "select family, metric, avg(value) as v from results where task = 'polysemy' group by 1, 2"
+    )
+    static = {r["metric"]: r["v"] for r in sims if r["family"] == "word2vec"}
+    assert static["same_sense_sim"] == pytest.approx(static["diff_sense_sim"])
+    assert {r["family"] for r in sims} == {"word2vec", "elmo", "gpt", "bert"}
+    chosen = sql("select distinct lr from results where family = 'gpt' and mode = 'finetune'")
+    assert {r["lr"] for r in chosen} <= {1e-3, 3e-4}
+
+    # Every transfer run is an MLflow run in transfer/<task>, linked to its pretrain run.
+    mlflow.set_tracking_uri(spec.tracking_uri())
+    transfer_runs = mlflow.search_runs(
+        experiment_names=["xfer/transfer/polarity"], output_format="list"
+    )
+    pretrain_ids = {m["run_id"] for m in results["pretrain"]["families"].values()}
+    linked = [r for r in transfer_runs if r.data.tags.get("family") != "baseline"]
+    assert linked and all(r.data.tags["pretrain_run_id"] in pretrain_ids for r in linked)
+
+    report = results["report"]
+    html = Path(report["output"])
+    assert html.is_file() and html.with_name("report.md").is_file()
+    assert list(html.parent.glob("*.png"))
+    assert set(report["claims"].values()) <= {
+        "supported",
+        "partly supported",
+        "not supported",
+        "not measured",
+    }
+    markdown = html.with_name("report.md").read_text()
+    assert "baseline" in markdown.lower()
+
+    # Unchanged re-run: every transfer result is reused.
+    again = pipeline(spec, until="transfer")
+    assert again["transfer"]["cache_hit"]

@@ -1,0 +1,365 @@
+"""pipelines.report on a real store: result rows written as Parquet with storage.atomic, a real
+MLflow (SQLite under tmp) with pretrain runs, a refreshed DuckDB catalog, then the report."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pyarrow as pa
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.report import (
+    NOT_MEASURED,
+    PARTLY,
+    SUPPORTED,
+    ReportError,
+    ReportResult,
+    build_report,
+)
+from storage import tracking
+from storage.atomic import write_parquet
+from storage.catalog import refresh
+from storage.layout import Layout
+from storage.tracking import configure, log_metrics_safe, start_stage_run
+
+EXPERIMENT = "lab-pretrain"
+BERT_MODEL = "lab-bert"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("task", pa.string()),
+        ("family", pa.string()),
+        ("model_version", pa.string()),
+        ("mode", pa.string()),
+        ("budget", pa.string()),
+        ("seed", pa.int64()),
+        ("lr", pa.float64()),
+        ("epoch", pa.int64()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("layer", pa.int64()),
+    ]
+)
+FAMILIES = {"gpt": "lab-gpt/1", "elmo": "lab-elmo/1", "bert": f"{BERT_MODEL}/1", "word2vec": "w/1"}
+MODES = ("scratch", "finetune", "frozen", "frozen:layer=0", "frozen:layer=1", "partial:1")
+SEEDS = (0, 1, 2)
+GOOD_LR, BAD_LR = 1e-3, 1e-4
+
+
+def final_accuracy(task: str, family: str, mode: str, budget: str, pretrained_wins: bool) -> float:
+    """The designed truth: finetune > frozen > single layers; scratch wins or loses at 50."""
+    if task == "wic" and family == "word2vec":
+        return 0.51
+    few = budget == "50"
+    table = {
+        "finetune": 0.70 if few else 0.80,
+        "frozen": 0.65 if few else 0.75,
+        "frozen:layer=0": 0.58 if few else 0.70,
+        "frozen:layer=1": 0.60 if few else 0.72,
+        "partial:1": 0.62 if few else 0.80,
+        "scratch": (0.55 if pretrained_wins else 0.75) if few else 0.79,
+    }
+    return table[mode]
+
+
+def run_rows(task: str, family: str, mode: str, budget: str, seed: int, lr: float, top: float):
+    """Dev rows per epoch (finetune fast, scratch slow) and test rows at the best dev epoch."""
+    shape = (0.5, 0.7, 0.9, 1.0) if mode == "scratch" else (0.9, 1.0, 1.0, 1.0)
+    noise = 0.01 * (seed - 1)
+    dev = [top * s + noise - (0.1 if lr == BAD_LR else 0) for s in shape]
+    test = top + noise if lr == GOOD_LR else 0.3  # a wrong lr choice would show as 0.3
+    best_epoch = max(range(len(dev)), key=lambda e: (dev[e], -e)) + 1
+    common = (
+        f"{task}-{family}-{mode}-{budget}-{seed}-{lr}",
+        task,
+        family,
+        FAMILIES[family],
+        mode,
+        budget,
+        seed,
+        lr,
+    )
+    rows = [(*common, e + 1, "dev", "accuracy", v, None) for e, v in enumerate(dev)]
+    rows.append((*common, best_epoch, "test", "accuracy", test, None))
+    rows.append((*common, best_epoch, "test", "macro_f1", test - 0.05, None))
+    return rows
+
+
+def transfer_rows(pretrained_wins: bool, tasks: tuple[str, ...]) -> list[tuple]:
+    rows = []
+    for task in tasks:
+        for family in FAMILIES:
+            for mode in MODES:
+                for budget in ("50", "all"):
+                    top = final_accuracy(task, family, mode, budget, pretrained_wins)
+                    for seed in SEEDS:
+                        for lr in (GOOD_LR, BAD_LR):
+                            rows += run_rows(task, family, mode, budget, seed, lr, top)
+        for budget, value in (("50", 0.60), ("all", 0.85)):  # finetune@all reads below it
+            rows.append(
+                (
+                    f"base-{task}-{budget}",
+                    task,
+                    "baseline",
+                    None,
+                    "tfidf_logreg",
+                    budget,
+                    0,
+                    None,
+                    None,
+                    "test",
+                    "accuracy",
+                    value,
+                    None,
+                )
+            )
+    return rows
+
+
+def probe_and_polysemy_rows() -> list[tuple]:
+    rows = []
+    best = {"pos": 1, "wic": 2}  # syntax lower, senses higher
+    for task, top_layer in best.items():
+        for family in ("elmo", "gpt", "bert"):
+            for layer in range(3):
+                for seed in SEEDS:
+                    value = (0.8 if layer == top_layer else 0.6) + 0.01 * seed
+                    rows.append(
+                        (
+                            f"probe-{task}-{family}-{seed}",
+                            task,
+                            family,
+                            FAMILIES[family],
+                            "probe",
+                            "all",
+                            seed,
+                            None,
+                            None,
+                            "test",
+                            "accuracy",
+                            value,
+                            layer,
+                        )
+                    )
+    senses = {"word2vec": [(0, 0.7, 0.7)], "bert": [(0, 0.7, 0.65), (1, 0.8, 0.5), (2, 0.8, 0.4)]}
+    for family, layers in senses.items():
+        for layer, same, diff in layers:
+            for metric, value in (("same_sense_sim", same), ("diff_sense_sim", diff)):
+                rows.append(
+                    (
+                        f"poly-{family}",
+                        "polysemy",
+                        family,
+                        FAMILIES[family],
+                        "frozen",
+                        "all",
+                        0,
+                        None,
+                        None,
+                        "test",
+                        metric,
+                        value,
+                        layer,
+                    )
+                )
+    return rows
+
+
+def table(rows: list[tuple]) -> pa.Table:
+    return pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
+
+
+def write_pretrain_runs(layout: Layout) -> None:
+    """A finished pretrain run per family (ELMo learned little), two BERTs for the ablation."""
+    configure(layout.default_tracking_uri, layout.mlflow_artifacts)
+    runs = [
+        ("word2vec", None, None),
+        ("elmo", None, None),
+        ("gpt", None, None),
+        ("bert", 0.8, 1),
+        ("bert", 1.0, 2),
+    ]
+    client = MlflowClient()
+    client.create_registered_model(BERT_MODEL)
+    for family, mask, version in runs:
+        tags = {"stage": "pretrain", "family": family, "corpus_id": "corpA"}
+        with start_stage_run(EXPERIMENT, f"pretrain-{family}-{mask}", tags) as run:
+            metrics = {"tokens_seen": 1e6, "wall_s": 60.0, "flops": 1e12 * (2 + len(family))}
+            if family != "word2vec":
+                loss = 6.2 if family == "elmo" else 4.0
+                metrics |= {"valid_loss": loss, "unigram_entropy": 6.4, "entropy_gap": 6.4 - loss}
+            log_metrics_safe(metrics)
+            mlflow.set_tag("learned_little", "true" if family == "elmo" else "false")
+            if mask is not None:
+                mlflow.log_param("pretrain.bert.mask_replace_prob", mask)
+        if version is not None:
+            made = client.create_model_version(BERT_MODEL, "file:///m", run_id=run.info.run_id)
+            assert int(made.version) == version
+
+
+@dataclass
+class Store:
+    path: Path
+    uri: str
+
+
+def make_store(
+    root: Path, pretrained_wins: bool, tasks: tuple[str, ...] = ("polarity", "pos", "wic")
+) -> Store:
+    layout = Layout.at(root)
+    layout.store.mkdir(parents=True, exist_ok=True)
+    write_parquet(layout.results / "transfer.parquet", table(transfer_rows(pretrained_wins, tasks)))
+    write_parquet(layout.results / "probes" / "probes.parquet", table(probe_and_polysemy_rows()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setattr(tracking, "_configured_artifact_root", None)
+        try:
+            write_pretrain_runs(layout)
+        finally:
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)
+    refresh(layout.store, layout.default_tracking_uri)
+    return Store(layout.store, layout.default_tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def wins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    yield make_store(tmp_path_factory.mktemp("wins"), pretrained_wins=True)
+
+
+@pytest.fixture(scope="module")
+def report(wins: Store, tmp_path_factory: pytest.TempPathFactory) -> ReportResult:
+    return build_report(wins.path, tmp_path_factory.mktemp("out"))
+
+
+def claim(result: ReportResult, prefix: str):
+    found = [c for c in result.claims if c.name.startswith(prefix)]
+    assert len(found) == 1, [c.name for c in result.claims]
+    return found[0]
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+def test_files_exist_and_pngs_are_images(report: ReportResult) -> None:
+    assert report.markdown_path.is_file() and report.html_path.is_file()
+    names = {p.name for p in report.pngs}
+    assert {
+        "pretraining.png",
+        "budget_polarity.png",
+        "convergence_polarity.png",
+        "probes_pos.png",
+        "partial_k.png",
+        "equal_budget.png",
+        "polysemy.png",
+    } <= names
+    for png in report.pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 2000
+    md = report.markdown_path.read_text()
+    for png in report.pngs:
+        assert f"]({png.name})" in md  # referenced relatively
+    page = report.html_path.read_text()
+    assert page.count("data:image/png;base64,") == len(report.pngs)
+
+
+def test_one_line_per_claim_with_verdict(report: ReportResult) -> None:
+    assert len(report.claims) == 8
+    md = report.markdown_path.read_text()
+    for c in report.claims:
+        assert "\n" not in c.line
+        assert f"- **{c.verdict}** — {c.line}" in md
+
+
+def test_few_labels_supported_with_numbers(report: ReportResult) -> None:
+    c = claim(report, "Pretrained beats scratch")
+    # Every pair but word2vec on WiC (static: 0.51 whatever the mode) is beyond its interval.
+    assert c.verdict == PARTLY
+    assert "partly supported at 50 labels" in c.line
+    assert "word2vec/wic 0.510 vs 0.510, +0.000" in c.line
+    # finetune 0.70 vs scratch 0.55 at 50 labels; the lr chosen on dev, never the bad one.
+    assert "gpt/polarity 0.700 vs 0.550, +0.150" in c.line
+    assert "at all:" in c.line and "0.800 vs 0.790, +0.010" in c.line
+    assert "below baseline" in c.line  # 0.80 at all labels reads below the 0.85 baseline
+
+
+def test_few_labels_flipped_is_not_supported(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", pretrained_wins=False, tasks=("polarity",))
+    result = build_report(store.path, tmp_path / "out")
+    c = claim(result, "Pretrained beats scratch")
+    assert c.verdict == "not supported"
+    assert "0.700 vs 0.750, -0.050" in c.line
+
+
+def test_other_claims_read_the_designed_data(report: ReportResult) -> None:
+    assert claim(report, "Pretrained converges").verdict == SUPPORTED
+    assert "gpt/polarity@50 2.0 vs 4.0 epochs" in claim(report, "Pretrained converges").line
+    assert claim(report, "Fine-tuning beats frozen").verdict == PARTLY  # not word2vec/wic
+    partial = claim(report, "Loading more pretrained layers")
+    assert partial.verdict == PARTLY and "k=0 0.550, k=1 0.620" in partial.line
+    assert "word2vec/wic@all k=0 0.510, k=1 0.510" in partial.line  # flat: not rising
+    lower = claim(report, "Lower layers")
+    assert lower.verdict == SUPPORTED and "bert POS layer 1 vs WiC layer 2" in lower.line
+    w2v = claim(report, "Static word2vec")
+    assert (
+        w2v.verdict == SUPPORTED
+        and "0.510" in w2v.line
+        and "polysemy separation +0.000" in (w2v.line)
+    )
+    mix = claim(report, "Scalar mix")
+    assert mix.verdict == SUPPORTED and "vs layer 1" in mix.line
+    assert claim(report, "BERT's masking").verdict == NOT_MEASURED
+
+
+def test_sections_show_tables_and_flags(report: ReportResult) -> None:
+    md = report.markdown_path.read_text()
+    assert "**Learned little** (valid loss near unigram entropy): elmo" in md
+    # Score table: seeds 0.69/0.70/0.71 -> mean 0.700, t(2)·sd/√3 = 4.303·0.01/1.732 = 0.0248.
+    assert "| polarity | gpt | finetune | 50 | 0.700 ±0.025 | 3 | 0.650 ±0.025 |" in md
+    assert "below baseline 0.850 (tfidf_logreg)" in md
+    assert "| bert | 1 | 0.800 | 0.500 | 0.300 |" in md  # polysemy separation
+    assert "Skipped: needs two BERT model versions" in md
+
+
+def test_masking_ablation_when_two_bert_versions(wins: Store, tmp_path: Path) -> None:
+    copy = tmp_path / "store"
+    shutil.copytree(wins.path, copy)
+    (copy / "catalog.duckdb").unlink()
+    rows = []
+    for seed in SEEDS:
+        rows += [r for r in run_rows("polarity", "bert", "finetune", "all", seed, GOOD_LR, 0.70)]
+    rows = [(*r[:3], f"{BERT_MODEL}/2", *r[4:]) for r in rows]
+    write_parquet(Layout.at(copy).results / "ablation.parquet", table(rows))
+    uri = f"sqlite:///{copy / 'mlflow.db'}"
+    refresh(copy, uri)
+    result = build_report(copy, tmp_path / "out")
+    c = claim(result, "BERT's masking")
+    assert c.verdict == SUPPORTED
+    assert "polarity/finetune@all mask 1: 0.700 vs 0.8: 0.800, -0.100" in c.line
+    md = result.markdown_path.read_text()
+    assert "## 6. Masking ablation" in md and "Skipped: needs two BERT" not in md
+
+
+def test_empty_store_skips_every_section(tmp_path: Path) -> None:
+    store = tmp_path / "empty"
+    store.mkdir()
+    refresh(store, None)
+    result = build_report(store, tmp_path / "out")
+    assert result.pngs == []
+    assert all(c.verdict == NOT_MEASURED for c in result.claims)
+    md = result.markdown_path.read_text()
+    assert md.count("Skipped:") == 8
+    assert result.html_path.read_text().count("Skipped:") == 8
+
+
+def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"no catalog at .*catalog.duckdb: refresh it first"):
+        build_report(tmp_path, tmp_path / "out")

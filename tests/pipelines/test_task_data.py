@@ -1,0 +1,270 @@
+"""Task loading on real slices of the demo data and on broken files the tests write."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipelines.task_data import Example, TaskDataError, _input_key, _unit, load_task, take_budget
+from pretrainlab.config import TaskSpec
+from storage import demo_data
+
+DEMO = ["polarity-sentences", "bible-paraphrase", "pos-oanc", "wic-wordnet"]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    demo_data.fetch(DEMO)
+    return demo_data.default_data_dir()
+
+
+def _spec(**fields) -> TaskSpec:
+    return TaskSpec(**{"name": "t", "kind": "classify", **fields})
+
+
+def _csv(path: Path, rows: list[str], header: str = "text,label") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+def _polarity_rows(n: int) -> list[str]:
+    return [f"sentence number {i} is {'good' if i % 2 else 'bad'},{i % 2}" for i in range(n)]
+
+
+# --- the demo tasks --------------------------------------------------------------------------
+
+
+def test_polarity_classify_from_dataset(data_dir: Path) -> None:
+    task = load_task(_spec(dataset="polarity-sentences"), data_dir)
+    assert (task.kind, task.labels) == ("classify", ("0", "1"))
+    assert (len(task.train), len(task.dev), len(task.test)) == (2823, 389, 788)
+    assert all(e.text_a and not e.text_b and e.label in "01" for e in task.train)
+    assert load_task(_spec(dataset="polarity-sentences"), data_dir) == task  # deterministic
+
+
+def test_paraphrase_uses_the_datasets_column_names(data_dir: Path) -> None:
+    task = load_task(_spec(kind="pair", dataset="bible-paraphrase", max_examples=300), data_dir)
+    assert (len(task.train), len(task.dev), len(task.test)) == (300, 300, 300)
+    assert all(e.text_a and e.text_b for e in task.train + task.test)
+    assert set(Counter(e.label for e in task.train)) == {"0", "1"}
+    with pytest.raises(TaskDataError, match=r"bible-paraphrase.*pair task, not classify"):
+        load_task(_spec(dataset="bible-paraphrase"), data_dir)
+
+
+def test_pos_trains_on_oanc_and_tests_on_wsj(data_dir: Path) -> None:
+    task = load_task(_spec(kind="tag", dataset="pos-oanc", max_examples=500), data_dir)
+    assert (len(task.train), len(task.dev), len(task.test)) == (500, 500, 500)
+    [wsj_file] = demo_data.dataset_files("pos-wsj", data_dir, role="task")
+    wsj_task = _spec(kind="tag", train=str(wsj_file), dev=str(wsj_file), test=str(wsj_file))
+    wsj = {e.words for e in load_task(wsj_task).train}
+    assert len(wsj) > 990
+    assert all(e.words in wsj for e in task.test)
+    assert not any(e.words in wsj for e in task.train)
+    assert {"NN", "VBZ", "DT", '"'} <= set(task.labels) and "''" not in task.labels
+    assert all(len(e.words) == len(e.tags) > 0 for e in task.train)
+
+
+def test_wic_from_dataset(data_dir: Path) -> None:
+    task = load_task(_spec(kind="wic", dataset="wic-wordnet"), data_dir)
+    assert (len(task.train), len(task.dev), len(task.test)) == (4000, 800, 1600)
+    assert task.labels == ("0", "1")
+    for e in task.test[:200]:
+        a, b = e.text_a[slice(*e.span_a)], e.text_b[slice(*e.span_b)]
+        assert a.lower() == b.lower() and a.isalpha()
+
+
+# --- loaders on files the test writes --------------------------------------------------------
+
+
+def test_tsv_jsonl_and_superglue_wic(tmp_path: Path) -> None:
+    tsv = tmp_path / "t.tsv"
+    tsv.write_text("sent\ty\n" + "\n".join(f"a, b {i}\t{i % 2}" for i in range(40)) + "\n")
+    task = load_task(_spec(train=str(tsv), text_field="sent", label_field="y"))
+    assert task.train[0].text_a.startswith("a, b")
+    rows = [
+        {
+            "sentence1": "the bank of the river",
+            "sentence2": "a bank loan",
+            "start1": 4,
+            "end1": 8,
+            "start2": 2,
+            "end2": 6,
+            "label": i % 2 == 0,
+            "word": "bank",
+            "n": i,
+        }
+        for i in range(40)
+    ]
+    wic = tmp_path / "wic.jsonl"
+    wic.write_text(
+        "\n".join(json.dumps({**r, "sentence2": f"{r['sentence2']} {r['n']}"}) for r in rows) + "\n"
+    )
+    task = load_task(_spec(kind="wic", train=str(wic)))
+    example = task.train[0]
+    assert example.text_a[slice(*example.span_a)] == "bank"
+    assert example.text_b[slice(*example.span_b)] == "bank" and task.labels == ("0", "1")
+
+
+def test_conll_space_separated_and_four_columns(tmp_path: Path) -> None:
+    lines = []
+    for i in range(30):
+        lines += ["-DOCSTART- -X- O O", "", f"Paris{i} NNP B-NP B-LOC", "is VBZ B-VP O", ""]
+    path = tmp_path / "ner.conll"
+    path.write_text("\n".join(lines))
+    task = load_task(_spec(kind="tag", train=str(path)))
+    assert task.labels == ("B-LOC", "O")
+    assert all(e.tags == ("B-LOC", "O") for e in task.train)
+
+
+def test_explicit_dev_and_test_files_are_used_as_given(tmp_path: Path) -> None:
+    train = _csv(tmp_path / "train.csv", _polarity_rows(20))
+    dev = _csv(tmp_path / "dev.csv", ["dev one,0", "dev two,1"])
+    test = _csv(tmp_path / "test.csv", ["test one,1"])
+    task = load_task(_spec(train=str(train), dev=str(dev), test=str(test)))
+    assert len(task.train) == 20 and [e.text_a for e in task.dev] == ["dev one", "dev two"]
+    assert [e.label for e in task.test] == ["1"]
+
+
+# --- splits ----------------------------------------------------------------------------------
+
+
+def test_hash_split_is_deterministic_and_stable_when_the_file_grows(tmp_path: Path) -> None:
+    small = load_task(_spec(train=str(_csv(tmp_path / "a.csv", _polarity_rows(300)))))
+    big = load_task(_spec(train=str(_csv(tmp_path / "b.csv", _polarity_rows(600)))))
+    for split in ("train", "dev", "test"):
+        assert set(getattr(small, split)) <= set(getattr(big, split)), split
+    assert 0.05 < len(small.dev) / 300 < 0.16 and 0.13 < len(small.test) / 300 < 0.28
+    again = load_task(_spec(train=str(tmp_path / "a.csv")))
+    assert again == small and again.fingerprint == small.fingerprint != big.fingerprint
+
+
+def test_max_examples_caps_each_split_in_hash_order(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "a.csv", _polarity_rows(600))
+    capped = load_task(_spec(train=str(path), max_examples=30))
+    full = load_task(_spec(train=str(path)))
+    assert [len(s) for s in (capped.train, capped.dev, capped.test)] == [30, 30, 30]
+    assert set(capped.train) <= set(full.train) and set(capped.test) <= set(full.test)
+
+
+# --- errors: file and line named -------------------------------------------------------------
+
+
+def test_missing_column_lists_the_columns(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "a.csv", ["hello,1"], header="sentence,label")
+    with pytest.raises(
+        TaskDataError, match=r"a\.csv:2: missing column 'text'.*\['label', 'sentence'\]"
+    ):
+        load_task(_spec(train=str(path)))
+
+
+def test_malformed_json_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "fine", "label": 1}\n{"text": "broken", \n')
+    with pytest.raises(TaskDataError, match=r"a\.jsonl:2: malformed JSON"):
+        load_task(_spec(train=str(path)))
+
+
+def test_conll_line_with_wrong_number_of_fields(tmp_path: Path) -> None:
+    path = tmp_path / "a.conll"
+    path.write_text("The\tDT\ncat\tNN\n\nA\tDT\ndog NN extra\n")
+    with pytest.raises(TaskDataError, match=r"a\.conll:5: 3 field\(s\).*expected 2"):
+        load_task(_spec(kind="tag", train=str(path)))
+    path.write_text("The\tDT\ncat\n")
+    with pytest.raises(TaskDataError, match=r"a\.conll:2: 1 field"):
+        load_task(_spec(kind="tag", train=str(path)))
+
+
+def test_wic_span_outside_the_sentence(tmp_path: Path) -> None:
+    good = {
+        "text": "a bank",
+        "text_b": "the bank",
+        "start1": 2,
+        "end1": 6,
+        "start2": 4,
+        "end2": 8,
+        "label": 1,
+    }
+    path = tmp_path / "w.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "end2": 9}) + "\n")
+    with pytest.raises(TaskDataError, match=r"w\.jsonl:2: target span start2=4, end2=9 is outside"):
+        load_task(_spec(kind="wic", train=str(path)))
+    path.write_text(json.dumps({**good, "label": "maybe"}) + "\n")
+    with pytest.raises(TaskDataError, match=r"w\.jsonl:1: .*true/false or 1/0"):
+        load_task(_spec(kind="wic", train=str(path)))
+
+
+def test_label_only_in_test(tmp_path: Path) -> None:
+    train = _csv(tmp_path / "train.csv", _polarity_rows(20))
+    test = _csv(tmp_path / "test.csv", ["fine,1", "weird,2"])
+    with pytest.raises(TaskDataError, match=r"test\.csv:3: label\(s\) \['2'\] of the test split"):
+        load_task(_spec(train=str(train), test=str(test)))
+
+
+def test_empty_class_after_splitting(tmp_path: Path) -> None:
+    lone = next(  # a sentence whose hash puts it in test (u < test_fraction)
+        t for i in range(100) if _unit(_input_key(Example(text_a=(t := f"neutral {i}")))) < 0.5
+    )
+    rows = [*_polarity_rows(40), f"{lone},2"]
+    carved = _spec(train=str(_csv(tmp_path / "a.csv", rows)), test_fraction=0.5, dev_fraction=0.2)
+    with pytest.raises(
+        TaskDataError,
+        match=r"a\.csv:42: label\(s\) \['2'\] of the test split never occur after the hash split",
+    ):
+        load_task(carved)
+    dev = _csv(tmp_path / "dev.csv", ["dev one,0", "dev two,1"])
+    train = _csv(tmp_path / "b.csv", [*_polarity_rows(200), "the one neutral sentence,2"])
+    capped = _spec(train=str(train), dev=str(dev), test=str(dev), max_examples=5)
+    with pytest.raises(TaskDataError, match=r"class\(es\) \['2'\] have no train example after"):
+        load_task(capped)
+
+
+def test_empty_file_and_unknown_format(tmp_path: Path) -> None:
+    empty = tmp_path / "e.csv"
+    empty.write_text("text,label\n")
+    with pytest.raises(TaskDataError, match=r"e\.csv: the file holds no examples"):
+        load_task(_spec(train=str(empty)))
+    odd = tmp_path / "x.parquet"
+    odd.write_text("x")
+    with pytest.raises(TaskDataError, match=r"x\.parquet: a classify task needs a CSV/TSV"):
+        load_task(_spec(train=str(odd)))
+
+
+def test_unknown_kind_is_refused() -> None:
+    spec = _spec(train="x.csv").model_copy(update={"kind": "regress"})
+    with pytest.raises(TaskDataError, match="unknown kind 'regress'"):
+        load_task(spec)
+
+
+# --- budgets ---------------------------------------------------------------------------------
+
+
+def _examples(n_pos: int, n_neg: int) -> list[Example]:
+    return [Example(text_a=f"p{i}", label="1") for i in range(n_pos)] + [
+        Example(text_a=f"n{i}", label="0") for i in range(n_neg)
+    ]
+
+
+def test_budget_is_stratified_and_deterministic_per_seed() -> None:
+    examples = _examples(300, 100)
+    picked = take_budget(examples, 40, seed=0)
+    assert Counter(e.label for e in picked) == {"1": 30, "0": 10}
+    assert take_budget(examples, 40, seed=0) == picked
+    assert set(take_budget(examples, 40, seed=1)) != set(picked)
+    assert take_budget(examples, "all", seed=3) == tuple(examples)
+    rare = _examples(99, 1)
+    assert Counter(e.label for e in take_budget(rare, 5, seed=0)) == {"1": 4, "0": 1}
+
+
+def test_budget_for_tags_and_too_large_budgets() -> None:
+    sentences = [Example(words=(f"w{i}",), tags=("NN",)) for i in range(50)]
+    picked = take_budget(sentences, 7, seed=2)
+    assert len(set(picked)) == 7 and picked == take_budget(sentences, 7, seed=2)
+    with pytest.raises(
+        TaskDataError, match="budget 51 is larger than the train set: the max is 50"
+    ):
+        take_budget(sentences, 51, seed=0)
+    with pytest.raises(TaskDataError, match="positive integer"):
+        take_budget(sentences, 0, seed=0)

@@ -1,0 +1,489 @@
+"""Transfer: inputs and heads of every family on every task kind, the modes (scratch, frozen,
+finetune, partial), the frozen feature cache, early stopping and span F1.
+
+The four models are really pretrained (a few steps) on a little real text (gensim's Lee news
+corpus) once per module, with the project's tokenizers and `pipelines.pretraining.pretrain`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import pipelines.transfer as transfer
+from pipelines.heads import encode_examples, family_inputs, load_encoder, pooled_states
+from pipelines.pretraining import PretrainJob, load_pretrained, pretrain
+from pipelines.task_data import Example, TaskData
+from pipelines.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
+from pipelines.transfer import (
+    Mode,
+    TransferConfig,
+    TransferError,
+    build_trainable,
+    parse_mode,
+    probe_layers,
+    run_transfer,
+    span_f1,
+    spans,
+)
+from pretrainlab.config import spec_from_dict
+from tests.pipelines.tiny_lm import SCHEMA, lee_documents
+
+FAMILIES = ("word2vec", "elmo", "gpt", "bert")
+KINDS = ("classify", "pair", "tag", "wic")
+LOOP = {
+    "max_steps": 4,
+    "batch_size": 4,
+    "eval_every": 4,
+    "eval_batches": 1,
+    "checkpoint_every": 4,
+    "log_every": 2,
+    "warmup_steps": 1,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One thread: on a shared 2-core machine two threads spin-wait each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _spec(store: Path):
+    return spec_from_dict(
+        {
+            "experiment": "transfer-test",
+            "store": str(store),
+            "corpus": {"sources": [{"dataset": "lee-news", "limit": 60}]},
+            "tokenizers": {
+                "bert": {"vocab_size": 300},
+                "gpt": {"vocab_size": 300},
+                "word": {"vocab_size": 2000, "min_count": 1},
+            },
+            "pretrain": {
+                "word2vec": {"vector_size": 8, "epochs": 1, "workers": 1},
+                "elmo": {
+                    "embedding_dim": 8,
+                    "hidden_dim": 16,
+                    "seq_len": 16,
+                    "adaptive_cutoffs": [100],
+                    "loop": LOOP,
+                },
+                "gpt": {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 32, "loop": LOOP},
+                "bert": {
+                    "n_layer": 2,
+                    "n_head": 2,
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "max_seq_len": 32,
+                    "loop": LOOP,
+                },
+            },
+        }
+    )
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """family -> a saved pretrained model directory (tokenizer trained, shards, pretrain)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("models")
+    spec = _spec(root / "store")
+    docs = lee_documents(60)
+    out = {}
+    for family in FAMILIES:
+        tok_spec = {"gpt": spec.tokenizers.gpt, "bert": spec.tokenizers.bert}.get(
+            family, spec.tokenizers.word
+        )
+        base = root / family
+        save_tokenizer(train_tokenizer(tok_spec, docs), base / "tokenizer")
+        raw, _ = load_raw_tokenizer(base / "tokenizer")
+        rows = []
+        for d, text in enumerate(docs):
+            encoded = raw.encode_batch(_sentences(text), add_special_tokens=False)
+            for i, enc in enumerate(encoded):
+                split = "valid" if d % 10 == 9 else "train"
+                rows.append({"doc_id": f"d{d}", "sent_idx": i, "split": split, "ids": enc.ids})
+        (base / "tokens").mkdir()
+        pq.write_table(pa.Table.from_pylist(rows, SCHEMA), base / "tokens" / "part-00000.parquet")
+        job = PretrainJob(
+            family, base / "tokens", base / "tokenizer", base / "work", base / "model"
+        )
+        pretrain(spec, job, lambda metrics, step: None)
+        out[family] = base / "model"
+    return out
+
+
+# ----------------------------------------------------------------------------- tiny real tasks
+
+
+def _task(name: str, kind: str, examples: list[Example], labels: set[str]) -> TaskData:
+    digest = hashlib.sha256(repr(examples).encode()).hexdigest()[:16]
+    return TaskData(
+        name=name,
+        kind=kind,
+        train=tuple(examples[:24]),
+        dev=tuple(examples[24:32]),
+        test=tuple(examples[32:40]),
+        labels=tuple(sorted(labels)),
+        fingerprint=digest,
+    )
+
+
+FUNCTION_WORDS = {"the", "a", "an", "of", "to", "in", "and", "on", "for", "at", "by"}
+
+
+def _tags(words: list[str]) -> tuple[str, ...]:
+    """BIO spans a lowercasing tokenizer can still see: runs of function words are FN,
+    numbers NUM."""
+    tags: list[str] = []
+    for word in words:
+        if word[:1].isdigit():
+            tags.append("B-NUM")
+        elif word.lower() in FUNCTION_WORDS:
+            tags.append("I-FN" if tags and tags[-1].endswith("FN") else "B-FN")
+        else:
+            tags.append("O")
+    return tuple(tags)
+
+
+@pytest.fixture(scope="module")
+def tasks() -> dict[str, TaskData]:
+    rng = random.Random(0)
+    sentences = [s for d in lee_documents(60) for s in _sentences(d) if 5 <= len(s.split()) <= 25]
+    classify = [Example(text_a=s, label=str(int(" the " in s))) for s in sentences[:40]]
+    pairs = []
+    for i in range(40):
+        a = sentences[i]
+        b = sentences[i + 1] if i % 2 else rng.choice(sentences[50:])
+        pairs.append(Example(text_a=a, text_b=b, label=str(i % 2)))
+    tags = []
+    for s in sentences[:40]:
+        words = s.split()
+        tags.append(Example(words=tuple(words), tags=_tags(words)))
+    wic = []
+    for target in ("said", "the", "of", "to", "and", "in", "a", "was"):
+        holders = [s for s in sentences if f" {target} " in s][:6]
+        for a, b in zip(holders[::2], holders[1::2], strict=False):
+            span_a = (a.index(f" {target} ") + 1, a.index(f" {target} ") + 1 + len(target))
+            span_b = (b.index(f" {target} ") + 1, b.index(f" {target} ") + 1 + len(target))
+            wic.append(
+                Example(text_a=a, text_b=b, span_a=span_a, span_b=span_b, label=str(len(wic) % 2))
+            )
+    assert len(wic) >= 20, "the Lee corpus should give enough WiC pairs"
+    wic = (wic * 2)[:40]
+    return {
+        "classify": _task("polarity", "classify", classify, {"0", "1"}),
+        "pair": _task("nextsent", "pair", pairs, {"0", "1"}),
+        "tag": _task("names", "tag", tags, {t for ex in tags for t in ex.tags}),
+        "wic": _task("wic", "wic", wic, {"0", "1"}),
+    }
+
+
+def config(mode: str, **overrides: object) -> TransferConfig:
+    fields = {
+        "mode": mode,
+        "lr": 1e-2,
+        "epochs": 2,
+        "patience": 2,
+        "batch_size": 8,
+        "max_len": 32,
+        "seed": 0,
+    }
+    fields.update(overrides)
+    return TransferConfig(**fields)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- inputs & heads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inputs_and_pooled_shapes_for_every_kind(
+    family: str, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    encoder, tokenizer, _ = load_encoder(family, models[family])
+    inputs = family_inputs(family, tokenizer, 32, encoder.max_positions)
+    n_layers = encoder.n_blocks + 1
+    assert n_layers == {"word2vec": 1, "elmo": 3, "gpt": 3, "bert": 3}[family]
+    joined = family in ("gpt", "bert")
+    for kind in KINDS:
+        examples = tasks[kind].train[:3]
+        encoded = encode_examples(inputs, kind, examples)
+        pooled = pooled_states(encoder, encoded, range(3), range(n_layers), tokenizer.pad_token_id)
+        items = sum(len(ex.words) for ex in examples) if kind == "tag" else 3
+        groups = 1 if kind in ("classify", "tag") or (kind == "pair" and joined) else 2
+        assert pooled.shape == (items, groups, n_layers, encoder.dim)
+        assert all(len(ids) <= 32 for ids, _ in encoded.sequences)
+    # Where each family reads a text, and how it joins a pair.
+    pair = encode_examples(inputs, "pair", tasks["pair"].train[:1])
+    ids, types = pair.sequences[0]
+    (_, positions), *_ = pair.items[0]
+    if family == "bert":
+        assert ids[0] == tokenizer.cls_token_id and positions == (0,)
+        assert ids.count(tokenizer.sep_token_id) == 2 and types[-1] == 1 and types[0] == 0
+    elif family == "gpt":
+        assert ids[0] == ids[-1] == tokenizer.eos_token_id and positions == (len(ids) - 1,)
+        assert tokenizer.sep_token_id in ids  # <|delim|>
+    else:
+        assert len(pair.sequences) == 2 and len(pair.items[0]) == 2
+        assert tokenizer.pad_token_id not in ids
+        if family == "elmo":
+            assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt", "elmo"])
+def test_tags_read_the_first_subtoken_and_wic_the_target(
+    family: str, models: dict[str, Path]
+) -> None:
+    encoder, tokenizer, _ = load_encoder(family, models[family])
+    inputs = family_inputs(family, tokenizer, 32, encoder.max_positions)
+    words = ("Counterintelligence", "officials", "said")
+    encoded = encode_examples(inputs, "tag", [Example(words=words, tags=("O", "O", "O"))])
+    ids, _ = encoded.sequences[0]
+    first = [item[0][1][0] for item in encoded.items]
+    assert first == sorted(first) and len(first) == 3
+    long_word = tokenizer(list(words[:1]), is_split_into_words=True, add_special_tokens=False)
+    assert ids[first[0]] == long_word["input_ids"][0]  # the first piece of a split word
+    assert first[1] - first[0] == len(long_word["input_ids"])
+
+    text = "The officials said the bank said no."
+    span = (text.index("bank"), text.index("bank") + 4)
+    wic = encode_examples(
+        inputs, "wic", [Example(text_a=text, text_b=text, span_a=span, span_b=span, label="1")]
+    )
+    (seq, positions), _ = wic.items[0]
+    pieces = tokenizer.decode([wic.sequences[seq][0][p] for p in positions])
+    assert pieces.replace("##", "").strip().lower() == "bank"
+    with pytest.raises(TransferError, match="outside the sentence"):
+        bad = Example(text_a=text, text_b=text, span_a=(0, 400), span_b=span, label="1")
+        encode_examples(inputs, "wic", [bad])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_head_trains_on_every_family(
+    family: str, kind: str, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks[kind]
+    seen = []
+    result = run_transfer(
+        family, models[family], task, task.train, config("finetune", epochs=1), on_epoch=seen.append
+    )
+    assert [m.epoch for m in seen] == [1] and seen[0].split == "dev" and seen[0].step == 3
+    assert set(result.test) >= {"accuracy", "macro_f1"}
+    assert ("span_f1" in result.test) == (kind == "tag")
+    assert 0.0 <= result.test["accuracy"] <= 1.0
+    assert result.train_examples == 24 and result.best_epoch == 1
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["gpt", "bert", "elmo"])
+def test_partial_loads_the_bottom_k_layers_and_reinitialises_the_rest(
+    family: str, models: dict[str, Path]
+) -> None:
+    pretrained = _state(load_encoder(family, models[family])[0])
+    torch.manual_seed(0)
+    scratch = _state(build_trainable(family, models[family], Mode("scratch"))[0])
+    torch.manual_seed(0)
+    encoder, _, loaded = build_trainable(family, models[family], parse_mode("partial:1"))
+    partial = _state(encoder)
+    layer = {"gpt": "model.transformer.h.", "bert": "model.bert.encoder.layer."}
+    layer = layer.get(family, "model.bwd.layers.")
+    assert any(n.startswith(layer + "0.") for n in loaded)  # the bottom layer came along
+    assert not any(n.startswith(layer + "1.") for n in loaded)  # the top one did not
+    lm_heads = ("model.lm_head.", "model.cls.", "model.softmax.")  # unused downstream (or tied)
+    for name, value in partial.items():
+        if name.startswith(lm_heads):
+            continue
+        from_pretrained = name.startswith(encoder.block_prefixes(1))
+        assert torch.equal(value, pretrained[name]) == from_pretrained, name
+        if value.numel() > 1 and value.std() > 0:  # not LayerNorm ones / zero biases
+            assert torch.equal(value, scratch[name]) != from_pretrained, name
+
+
+def test_partial_frozen_keeps_loaded_layers_and_trains_the_rest(
+    monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    built = []
+
+    def keep(*args, **kwargs):  # the real builder; remembers the encoder it returns
+        built.append(build_trainable(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(transfer, "build_trainable", keep)
+    torch.manual_seed(0)
+    start = _state(build_trainable("gpt", models["gpt"], parse_mode("partial:1:frozen"))[0])
+    pretrained = _state(load_encoder("gpt", models["gpt"])[0])
+    task = tasks["classify"]
+    run_transfer("gpt", models["gpt"], task, task.train, config("partial:1:frozen", epochs=2))
+    encoder, _, loaded = built[0]
+    after = _state(encoder)
+    for name in loaded:
+        assert torch.equal(after[name], pretrained[name]), name
+    assert not torch.equal(
+        after["model.transformer.h.1.mlp.c_fc.weight"],
+        start["model.transformer.h.1.mlp.c_fc.weight"],
+    )
+    assert not any(p.requires_grad for n, p in encoder.named_parameters() if n in loaded)
+
+
+def test_word2vec_has_no_partial_mode_and_bad_modes_are_named(
+    models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks["classify"]
+    with pytest.raises(TransferError, match="word2vec has no layers"):
+        run_transfer("word2vec", models["word2vec"], task, task.train, config("partial:1"))
+    with pytest.raises(TransferError, match="unknown transfer mode 'frozen:top'"):
+        parse_mode("frozen:top")
+    with pytest.raises(TransferError, match="choose k from 0 to 2"):
+        run_transfer("bert", models["bert"], task, task.train, config("partial:5"))
+    relabelled = Example(text_a="x", label="maybe")
+    with pytest.raises(TransferError, match="label 'maybe' is not in the task's label set"):
+        run_transfer("bert", models["bert"], task, (relabelled,), config("finetune"))
+    assert parse_mode("frozen:layer=2") == Mode("frozen", layer=2)
+    assert parse_mode("partial:2:frozen") == Mode("partial", k=2, freeze_loaded=True)
+
+
+def test_scratch_word2vec_is_random_vectors_of_the_same_shape(models: dict[str, Path]) -> None:
+    pretrained = load_encoder("word2vec", models["word2vec"])[0].table
+    scratch = build_trainable("word2vec", models["word2vec"], Mode("scratch"))[0].table
+    assert scratch.shape == pretrained.shape and not torch.equal(scratch, pretrained)
+
+
+def test_frozen_leaves_the_encoder_bit_identical_and_learns_the_mix(
+    monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    encoders = []
+    real = transfer.load_encoder
+
+    def keep(*args, **kwargs):  # the real loader; remembers the encoder it returns
+        loaded = real(*args, **kwargs)
+        encoders.append(loaded[0])
+        return loaded
+
+    monkeypatch.setattr(transfer, "load_encoder", keep)
+    files = {p: p.read_bytes() for p in models["elmo"].rglob("*") if p.is_file()}
+    task = tasks["tag"]
+    result = run_transfer("elmo", models["elmo"], task, task.train, config("frozen", lr=5e-2))
+    (encoder,) = encoders
+    reference = _state(load_pretrained("elmo", models["elmo"])[0])
+    assert all(torch.equal(v, reference[k]) for k, v in _state(encoder.model).items())
+    assert files == {p: p.read_bytes() for p in models["elmo"].rglob("*") if p.is_file()}
+    weights = np.asarray(result.mix_weights)
+    assert weights.shape == (3,) and weights.sum() == pytest.approx(1.0, abs=1e-6)
+    assert not np.allclose(weights, 1 / 3, atol=1e-4)  # learned, not left uniform
+    single = run_transfer("elmo", models["elmo"], task, task.train, config("frozen:layer=1"))
+    assert single.mix_weights is None
+
+
+def test_the_encoder_runs_once_per_model_and_task(
+    monkeypatch: pytest.MonkeyPatch,
+    models: dict[str, Path],
+    tasks: dict[str, TaskData],
+    tmp_path: Path,
+) -> None:
+    calls = []
+    real = transfer.extract_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "extract_features", counting)
+    task, cache = tasks["wic"], tmp_path / "features"
+    first = run_transfer("bert", models["bert"], task, task.train, config("frozen"), cache)
+    assert len(calls) == 3  # train, dev, test
+    (stored,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert {p.name for p in stored.iterdir()} == {
+        "train.npy",
+        "dev.npy",
+        "test.npy",
+        "_manifest.json",
+    }
+    mtimes = {p: p.stat().st_mtime_ns for p in stored.iterdir()}
+    # other budgets, seeds, rates, a single layer, the layer probes: no encoder run at all
+    budget = task.train[:10]
+    again = run_transfer(
+        "bert", models["bert"], task, budget, config("frozen", seed=1, lr=1e-3), cache
+    )
+    run_transfer("bert", models["bert"], task, task.train, config("frozen:layer=2"), cache)
+    probes = probe_layers("bert", models["bert"], task, task.train, config("frozen"), cache)
+    assert len(calls) == 3
+    assert mtimes == {p: p.stat().st_mtime_ns for p in stored.iterdir()}
+    assert again.train_examples == 10 and first.train_examples == 24
+    assert sorted(probes) == [0, 1, 2] and all("accuracy" in m for m in probes.values())
+    # the cached features are the ones a fresh extraction gives
+    uncached = run_transfer("bert", models["bert"], task, task.train, config("frozen"))
+    assert len(calls) == 6 and uncached.test == first.test
+
+
+def test_early_stopping_reports_the_best_dev_epoch(
+    models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks["tag"]
+    seen = []
+    cfg = config("frozen", epochs=12, patience=2, lr=0.3, batch_size=4)
+    result = run_transfer(
+        "word2vec", models["word2vec"], task, task.train, cfg, on_epoch=seen.append
+    )
+    assert seen == result.curve
+    scores = [m.metrics["span_f1"] for m in result.curve]
+    assert result.best_epoch == int(np.argmax(scores)) + 1  # the first best
+    assert result.dev == result.curve[result.best_epoch - 1].metrics
+    assert len(scores) == min(12, result.best_epoch + 2)  # stopped `patience` epochs later
+    steps = [m.step for m in result.curve]
+    assert steps == [6 * e for e in range(1, len(steps) + 1)]
+    assert len(set(scores)) > 1 and result.best_epoch < len(scores)  # a real choice was made
+    # deterministic: the same seed gives the same curve and test metrics
+    twice = run_transfer("word2vec", models["word2vec"], task, task.train, cfg)
+    assert twice.curve == result.curve and twice.test == result.test
+    # test metrics are those of the best epoch's weights, not of the last epoch's
+    upto_best = TransferConfig(**{**cfg.__dict__, "epochs": result.best_epoch})
+    stopped = run_transfer("word2vec", models["word2vec"], task, task.train, upto_best)
+    assert stopped.test == result.test
+
+
+def test_probe_gives_every_layer_test_metrics(
+    models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks["tag"]
+    probes = probe_layers("gpt", models["gpt"], task, task.train, config("frozen", epochs=2))
+    assert sorted(probes) == [0, 1, 2]
+    assert all({"accuracy", "macro_f1", "span_f1"} <= set(m) for m in probes.values())
+
+
+# ----------------------------------------------------------------------------- span F1
+
+
+def test_span_f1_matches_seqeval_on_a_hand_made_example() -> None:
+    true = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]]
+    pred = [["B-PER", "I-PER", "O", "O"], ["O", "B-ORG", "B-ORG"]]
+    # gold: PER 0-1, LOC 3, ORG 1-2; guessed: PER 0-1, ORG 1, ORG 2; one right of three each
+    assert span_f1(true, pred) == pytest.approx(1 / 3)
+    assert span_f1(true, true) == 1.0
+    assert spans(["I-PER", "I-PER", "O"]) == {("PER", 0, 1)}  # I- after O starts a span
+    assert spans(["B-PER", "I-LOC", "B-LOC"]) == {("PER", 0, 0), ("LOC", 1, 1), ("LOC", 2, 2)}
+    assert span_f1([["O", "O"]], [["O", "O"]]) == 0.0
+    assert transfer.is_bio(["O", "B-X", "I-X"]) and not transfer.is_bio(["IN", "NN", "DT"])

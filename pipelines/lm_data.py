@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.encoding import token_parts
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_manifest
 
 SPLITS = ("train", "valid")
@@ -34,15 +35,6 @@ CACHE_VERSION = 1
 
 class LMDataError(ValueError):
     """Token shards that cannot feed a language model; the message says what to change."""
-
-
-def part_files(tokens_dir: str | Path) -> list[Path]:
-    files = sorted(Path(tokens_dir).glob("part-*.parquet"))
-    if not files:
-        raise LMDataError(
-            f"{tokens_dir}: no part-*.parquet token shards here; run the tokenization stage first"
-        )
-    return files
 
 
 def _iter_split(files: list[Path], split: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -112,7 +104,7 @@ def open_split(tokens_dir: str | Path, split: str, cache_dir: str | Path) -> Tok
     """The split as mmapped arrays, built into `cache_dir/<split>/` on first use."""
     if split not in SPLITS:
         raise LMDataError(f"unknown split {split!r}; expected one of {SPLITS}")
-    files = part_files(tokens_dir)
+    files = token_parts(tokens_dir)
     target = Path(cache_dir) / split
     source = {"version": CACHE_VERSION, "split": split, "files": _fingerprint(files)}
     manifest = read_manifest(target)
@@ -271,7 +263,7 @@ def unigram_entropy(
     add-one smoothed over `vocab_size` so unseen tokens cost log(total), not infinity. With
     `eos_id`, one end-of-document token per document is counted, as packed LM blocks hold.
     """
-    files = part_files(tokens_dir)
+    files = token_parts(tokens_dir)
     train = _counts(files, "train", vocab_size, eos_id)
     target = _counts(files, split, vocab_size, eos_id)
     if target.sum() == 0:

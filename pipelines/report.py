@@ -379,6 +379,7 @@ def _budget_plot(data: Data, task: str, plots: Plots) -> Path:
                 label="baseline",
             )
         ax.set_xticks(range(len(budgets)), budgets)
+        ax.set_ylim(0, 1)  # accuracy; wide intervals (few seeds) are clipped, the table has them
         ax.set_title(model)
         ax.set_xlabel("labelled examples")
         axes[0].set_ylabel("test accuracy")

@@ -52,7 +52,7 @@ from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import train_batch_cbow, train_batch_sg
 from gensim.test.utils import datapath
 
-from pipelines.lm_data import part_files
+from pipelines.encoding import token_parts
 from pipelines.tokenizer_training import load_raw_tokenizer
 from pretrainlab.config import PretrainlabError, Word2VecSpec
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_json, write_manifest
@@ -99,7 +99,7 @@ class ShardSentences:
         drop_ids: Iterable[int] = (),
         split: str = "train",
     ) -> None:
-        self.files = part_files(tokens_dir)
+        self.files = token_parts(tokens_dir)
         self.split = split
         self.words = np.asarray(vocab, dtype=object)
         self.keep = np.ones(len(vocab), dtype=bool)

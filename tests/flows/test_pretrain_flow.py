@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -11,61 +12,23 @@ from mlflow.tracking import MlflowClient
 
 import pipelines.pretraining as pretraining
 from flows.pipeline import pipeline, plan
-from pretrainlab.config import spec_from_dict
+from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog, registry
 from tasks.pretrain import model_key
+from tests.flows.tiny_specs import tiny_spec_dict
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-LOOP = {
-    "max_steps": 6,
-    "batch_size": 4,
-    "eval_every": 3,
-    "eval_batches": 2,
-    "checkpoint_every": 3,
-    "log_every": 2,
-    "warmup_steps": 1,
-}
 
-
-def tiny_spec(tmp_path: Path, **pretrain) -> object:
-    return spec_from_dict(
-        {
-            "experiment": "pretest",
-            "store": str(tmp_path / "store"),
-            "corpus": {"sources": [{"dataset": "lee-news", "limit": 120}], "valid_fraction": 0.15},
-            "tokenizers": {
-                "bert": {"vocab_size": 600},
-                "gpt": {"vocab_size": 600},
-                "word": {"vocab_size": 3000, "min_count": 2},
-            },
-            "pretrain": {
-                "word2vec": {"vector_size": 16, "epochs": 1, "workers": 1},
-                "elmo": {
-                    "embedding_dim": 16,
-                    "hidden_dim": 32,
-                    "seq_len": 16,
-                    "adaptive_cutoffs": [200],
-                    "loop": LOOP,
-                },
-                "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "loop": LOOP},
-                "bert": {
-                    "n_layer": 1,
-                    "n_head": 2,
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "max_seq_len": 32,
-                    "loop": LOOP,
-                },
-                **pretrain,
-            },
-        }
-    )
+def tiny_spec(tmp_path: Path, **pretrain: Any) -> Spec:
+    data = tiny_spec_dict(tmp_path, "pretest", [{"dataset": "lee-news", "limit": 120}])
+    data["pretrain"] |= pretrain
+    return spec_from_dict(data)
 
 
 def test_pretrain_registers_every_family_and_caches(tmp_path: Path) -> None:
     spec = tiny_spec(tmp_path)
-    result = pipeline(spec)["pretrain"]
+    result = pipeline(spec, until="pretrain")["pretrain"]
     models = result["families"]
     assert set(models) == {"word2vec", "elmo", "gpt", "bert"}
 
@@ -102,8 +65,8 @@ def test_pretrain_registers_every_family_and_caches(tmp_path: Path) -> None:
     assert all("candidate" in r["aliases"] for r in rows)
 
     # Unchanged re-run: every family is a cache hit, no new version.
-    assert all(status.cached for status in plan(spec))
-    again = pipeline(spec)["pretrain"]
+    assert all(status.cached for status in plan(spec, "pretrain"))
+    again = pipeline(spec, until="pretrain")["pretrain"]
     assert again["cache_hit"]
     assert len(client.search_model_versions("name='pretest-bert'")) == 1
 

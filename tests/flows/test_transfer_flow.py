@@ -8,64 +8,29 @@ import mlflow
 import pytest
 
 from flows.pipeline import pipeline
-from pretrainlab.config import spec_from_dict
+from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog
+from tests.flows.tiny_specs import tiny_spec_dict
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-LOOP = {
-    "max_steps": 4,
-    "batch_size": 4,
-    "eval_every": 2,
-    "eval_batches": 1,
-    "checkpoint_every": 4,
-    "log_every": 2,
-    "warmup_steps": 1,
-}
 
-
-def spec_for(tmp_path: Path):
+def spec_for(tmp_path: Path) -> Spec:
+    sources = [{"dataset": "lee-news", "limit": 100}, {"dataset": "wordnet-glosses", "limit": 300}]
+    data = tiny_spec_dict(tmp_path, "xfer", sources, steps=4)
     return spec_from_dict(
         {
-            "experiment": "xfer",
-            "store": str(tmp_path / "store"),
-            "corpus": {
-                "sources": [
-                    {"dataset": "lee-news", "limit": 100},
-                    {"dataset": "wordnet-glosses", "limit": 300},
-                ],
-                "valid_fraction": 0.15,
-            },
-            "tokenizers": {
-                "bert": {"vocab_size": 600},
-                "gpt": {"vocab_size": 600},
-                "word": {"vocab_size": 3000, "min_count": 2},
-            },
-            "pretrain": {
-                "word2vec": {"vector_size": 16, "epochs": 1, "workers": 1},
-                "elmo": {
-                    "embedding_dim": 16,
-                    "hidden_dim": 32,
-                    "seq_len": 16,
-                    "adaptive_cutoffs": [200],
-                    "loop": LOOP,
-                },
-                "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "loop": LOOP},
-                "bert": {
-                    "n_layer": 1,
-                    "n_head": 2,
-                    "hidden_size": 32,
-                    "intermediate_size": 64,
-                    "max_seq_len": 32,
-                    "loop": LOOP,
-                },
-            },
+            **data,
             "transfer": {
                 "tasks": [
-                {"name": "polarity", "kind": "classify", "dataset": "polarity-sentences",
-                 "max_examples": 60},
-                {"name": "wic", "kind": "wic", "dataset": "wic-wordnet", "max_examples": 40},
-            ],
+                    {
+                        "name": "polarity",
+                        "kind": "classify",
+                        "dataset": "polarity-sentences",
+                        "max_examples": 60,
+                    },
+                    {"name": "wic", "kind": "wic", "dataset": "wic-wordnet", "max_examples": 40},
+                ],
                 "modes": ["scratch", "frozen", "finetune", "partial:1"],
                 "budgets": [20, "all"],
                 "seeds": [0, 1],
@@ -98,9 +63,7 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
         "where mode != 'probe' and task != 'polysemy' group by all"
     )
     assert {(r["task"], r["family"]) for r in runs} >= {
-        (t, f)
-        for t in ("polarity", "wic")
-        for f in ("word2vec", "elmo", "gpt", "bert", "baseline")
+        (t, f) for t in ("polarity", "wic") for f in ("word2vec", "elmo", "gpt", "bert", "baseline")
     }
     assert all(r["n"] == 4 for r in runs)  # budgets x seeds
     assert not any(r["family"] == "word2vec" and r["mode"].startswith("partial") for r in runs)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.encoding import EncodingError
 from pipelines.lm_data import (
     LMDataError,
     PackedBlocks,
@@ -159,7 +160,7 @@ def test_unigram_entropy_is_the_cross_entropy_of_train_counts_on_valid(corpus):
 
 
 def test_bad_inputs_fail_with_clear_errors(corpus, tmp_path):
-    with pytest.raises(LMDataError, match=r"no part-\*.parquet token shards"):
+    with pytest.raises(EncodingError, match=r"no part-\*.parquet token shards"):
         open_split(tmp_path / "nothing", "train", tmp_path / "c")
     with pytest.raises(LMDataError, match="unknown split 'test'"):
         open_split(corpus["tokens_dir"], "test", tmp_path / "c")

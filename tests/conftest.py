@@ -35,3 +35,11 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI: never let one test's store leak."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

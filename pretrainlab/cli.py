@@ -56,7 +56,9 @@ def _spec(path: Path, overrides: list[str] | None) -> Spec:
 @app.command()
 def run(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Experiment spec (YAML).")],
-    until: Annotated[str, typer.Option(help="Last stage to run.")] = "",
+    until: Annotated[
+        str, typer.Option(help="Last stage: ingest, tokenize, pretrain, transfer or report.")
+    ] = "",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what is cached, run nothing.")
     ] = False,

@@ -84,7 +84,7 @@ def encoding_id(spec: Spec, corpus_id: str) -> str:
         {
             "corpus_id": corpus_id,
             "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
-            "code": code_hash([encoding_lib, sentences_lib]),
+            "code": code_hash([encoding_lib, sentences_lib, tokenizer_lib]),
         }
     )
 

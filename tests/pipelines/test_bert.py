@@ -485,6 +485,7 @@ objective = BERTObjective(run["tokens_dir"], spec, vocab, spec.loop.seed, run["c
 train(model, objective, spec.loop, Path(run["checkpoint_dir"]), lambda m, s: None)
 if rank == 0:
     torch.save(model.state_dict(), run["weights_out"])
+dist.barrier()  # no rank tears gloo down while the other still talks to it
 dist.destroy_process_group()
 """
 

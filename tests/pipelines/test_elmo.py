@@ -395,6 +395,7 @@ def test_two_process_ddp_run_finishes_and_checkpoints(corpus: dict, tmp_path: Pa
                            lambda m, s: logged.append(s))
             with open(sys.argv[1] + f"/rank{{dist.get_rank()}}.json", "w") as f:
                 json.dump({{"step": result.step, "tokens": result.tokens_seen, "logs": logged}}, f)
+            dist.barrier()  # no rank tears gloo down while the other still talks to it
             dist.destroy_process_group()
             """
         )

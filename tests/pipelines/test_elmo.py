@@ -28,6 +28,7 @@ from pipelines.elmo import (
     load_elmo,
     save_elmo,
 )
+from pipelines.encoding import TOKENS_SCHEMA
 from pipelines.lm_data import LMDataError
 from pipelines.sentences import split_sentences
 from pipelines.tokenizer_training import train_tokenizer
@@ -74,14 +75,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             rows["sent_idx"].append(s)
             rows["split"].append("valid" if d % 10 == 0 else "train")
             rows["ids"].append(tok.encode(sentence).ids)
-    schema = pa.schema(
-        [
-            ("doc_id", pa.string()),
-            ("sent_idx", pa.int32()),
-            ("split", pa.string()),
-            ("ids", pa.list_(pa.int32())),
-        ]
-    )
+    schema = TOKENS_SCHEMA  # the shard schema the encoding stage writes
     tokens = root / "tokens"
     tokens.mkdir()
     table = pa.table(rows, schema=schema)

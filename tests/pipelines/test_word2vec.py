@@ -14,6 +14,7 @@ from gensim.models import Word2Vec
 from gensim.test.utils import datapath
 from gensim.utils import simple_preprocess
 
+from pipelines.encoding import TOKENS_SCHEMA
 from pipelines.sentences import split_sentences
 from pipelines.tokenizer_training import save_tokenizer, train_tokenizer
 from pipelines.word2vec import (
@@ -69,14 +70,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             rows["sent_idx"].append(s)
             rows["split"].append("train" if d % 10 else "valid")
             rows["ids"].append(tok.encode(sentence).ids)
-    schema = pa.schema(
-        [
-            ("doc_id", pa.string()),
-            ("sent_idx", pa.int32()),
-            ("split", pa.string()),
-            ("ids", pa.list_(pa.int32())),
-        ]
-    )
+    schema = TOKENS_SCHEMA  # the shard schema the encoding stage writes
     (root / "tokens").mkdir()
     table = pa.table(rows, schema=schema)
     pq.write_table(table.slice(0, 900), root / "tokens" / "part-00000.parquet")

@@ -435,14 +435,20 @@ def section_budget(data: Data, plots: Plots) -> Section:
     return sec
 
 
-def _convergence(data: Data) -> tuple[dict[tuple[str, str, str, str], Stat], list[dict]]:
+def _convergence(data: Data) -> tuple[dict[tuple[str, str, str, str], Stat], list[dict], str]:
+    """Dev accuracy against optimizer steps (epochs when a run logged no `step` rows)."""
+    steps = data.rows("select count(*) as n from results where split = 'dev' and metric = 'step'")
+    unit = "steps" if steps[0]["n"] else "epochs"
     curves = (
         BASE
         + """,
+steps as (select run_id, epoch, value as step from chosen where split = 'dev' and metric = 'step'),
 curves as (
-    select run_id, task, model, mode, b, seed, lr, epoch, value from chosen
-    where split = 'dev' and metric = 'accuracy' and layer is null
-      and mode in ('finetune', 'scratch') and family <> 'baseline')"""
+    select c.run_id, c.task, c.model, c.mode, c.b, c.seed, c.lr, c.epoch,
+        coalesce(s.step, c.epoch) as x, c.value
+    from chosen c left join steps s using (run_id, epoch)
+    where c.split = 'dev' and c.metric = 'accuracy' and c.layer is null
+      and c.mode in ('finetune', 'scratch') and c.family <> 'baseline')"""
     )
     reach = data.rows(
         curves
@@ -452,38 +458,39 @@ final as (
     from curves group by all),
 reach as (
     select f.task, f.model, f.mode, f.b,
-        min(c.epoch) filter (where c.value >= 0.95 * f.final) as ep
+        min(c.x) filter (where c.value >= 0.95 * f.final) as x
     from final f join curves c using (run_id, task, model, mode, b, seed, lr) group by all)
-select task, model, mode, b, count(*) as n, avg(ep) as mean, stddev_samp(ep) as sd
+select task, model, mode, b, count(*) as n, avg(x) as mean, stddev_samp(x) as sd
 from reach group by all"""
     )
     mean_curves = data.rows(
         curves
         + """
-select task, model, mode, b, epoch, avg(value) as value from curves group by all
+select task, model, mode, b, epoch, avg(x) as x, avg(value) as value from curves group by all
 order by task, model, mode, b, epoch"""
     )
-    epochs = {
+    reached = {
         (r["task"], r["model"], r["mode"], r["b"]): Stat.of(r["mean"], r["sd"], r["n"])
         for r in reach
     }
-    return epochs, mean_curves
+    return reached, mean_curves, unit
 
 
-def section_convergence(data: Data, plots: Plots) -> tuple[Section, dict]:
+def section_convergence(data: Data, plots: Plots) -> tuple[Section, dict, str]:
     sec = Section("3. Convergence: pretrained (finetune) vs scratch")
-    epochs, curves = _convergence(data) if data.has_results else ({}, [])
-    if not epochs:
+    reached, curves, unit = _convergence(data) if data.has_results else ({}, [], "epochs")
+    if not reached:
         sec.text("Skipped: no per-epoch dev rows for finetune or scratch.")
-        return sec, epochs
+        return sec, reached, unit
     sec.text(
-        "Epochs until the dev accuracy first reaches 95% of its final value (mean over seeds)."
+        f"Optimizer {unit} until the dev accuracy first reaches 95% of its final value "
+        "(mean over seeds; the rate each mode chose on dev)."
     )
     sec.table(
-        ["task", "model", "mode", "budget", "epochs to 95%", "n"],
+        ["task", "model", "mode", "budget", f"{unit} to 95%", "n"],
         [
             [*k, s.text(), s.n]
-            for k, s in sorted(epochs.items(), key=lambda kv: (kv[0][:3], _budget_key(kv[0][3])))
+            for k, s in sorted(reached.items(), key=lambda kv: (kv[0][:3], _budget_key(kv[0][3])))
         ],
     )
     for task in sorted({c["task"] for c in curves}):
@@ -495,22 +502,19 @@ def section_convergence(data: Data, plots: Plots) -> tuple[Section, dict]:
         axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
         for ax, model in zip(axes, models, strict=True):
             for mode in ("finetune", "scratch"):
-                pts = [
-                    c for c in rows if c["model"] == model and c["mode"] == mode and c["b"] == small
-                ]
+                pts = [c for c in rows if c["model"] == model and c["mode"] == mode]
                 if pts:
-                    ax.plot(
-                        [c["epoch"] for c in pts], [c["value"] for c in pts], marker="o", label=mode
-                    )
+                    ax.plot([c["x"] for c in pts], [c["value"] for c in pts], marker="o",
+                            label=mode)
             ax.set_title(f"{model} ({small} labels)")
-            ax.set_xlabel("epoch")
+            ax.set_xlabel(unit[:-1])
             axes[0].set_ylabel("dev accuracy")
             ax.legend(fontsize=7)
         sec.image(
             plots.save(fig, f"convergence_{_slug(task)}"),
-            f"{task}: dev accuracy per epoch at {small} labels",
+            f"{task}: dev accuracy per {unit[:-1]} at {small} labels",
         )
-    return sec, epochs
+    return sec, reached, unit
 
 
 def _probe_rows(data: Data) -> list[dict[str, Any]]:
@@ -853,7 +857,7 @@ def claim_few_labels(data: Data) -> Claim:
     return Claim(name, verdict, line + ".")
 
 
-def claim_convergence(epochs: dict[tuple[str, str, str, str], Stat]) -> Claim:
+def claim_convergence(epochs: dict[tuple[str, str, str, str], Stat], unit: str) -> Claim:
     name = "Pretrained converges faster"
     pairs = [
         (k, s, epochs[(k[0], k[1], "scratch", k[3])])
@@ -865,12 +869,12 @@ def claim_convergence(epochs: dict[tuple[str, str, str, str], Stat]) -> Claim:
     hits = sum(ft.mean < sc.mean for _, ft, sc in pairs)
     verdict = _overall(hits, len(pairs))
     detail = "; ".join(
-        f"{k[1]}/{k[0]}@{k[3]} {ft.mean:.1f} vs {sc.mean:.1f} epochs" for k, ft, sc in pairs
+        f"{k[1]}/{k[0]}@{k[3]} {ft.mean:.1f} vs {sc.mean:.1f} {unit}" for k, ft, sc in pairs
     )
     return Claim(
         name,
         verdict,
-        f"{name} (epochs to 95% of final dev accuracy, finetune vs scratch): {verdict} ({detail}).",
+        f"{name} ({unit} to 95% of final dev accuracy, finetune vs scratch): {verdict} ({detail}).",
     )
 
 
@@ -1085,7 +1089,7 @@ def build_report(
 
 def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
     plots = Plots(out_dir)
-    convergence, epochs = section_convergence(data, plots)
+    convergence, reached, unit = section_convergence(data, plots)
     probes, best_layers = section_probes(data, plots)
     masking, mask_rows = section_masking(data)
     polysemy, poly_rows = section_polysemy(data, plots)
@@ -1101,7 +1105,7 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
     ]
     claims = [
         claim_few_labels(data),
-        claim_convergence(epochs),
+        claim_convergence(reached, unit),
         claim_frozen_finetune(data),
         claim_partial(data),
         claim_lower_layers(best_layers),

@@ -88,6 +88,7 @@ def run_rows(task: str, family: str, mode: str, budget: str, seed: int, lr: floa
         lr,
     )
     rows = [(*common, e + 1, "dev", "accuracy", v, None) for e, v in enumerate(dev)]
+    rows += [(*common, e + 1, "dev", "step", 10.0 * (e + 1), None) for e in range(len(dev))]
     rows.append((*common, best_epoch, "test", "accuracy", test, None))
     rows.append((*common, best_epoch, "test", "macro_f1", test - 0.05, None))
     return rows
@@ -301,7 +302,7 @@ def test_few_labels_flipped_is_not_supported(tmp_path: Path) -> None:
 
 def test_other_claims_read_the_designed_data(report: ReportResult) -> None:
     assert claim(report, "Pretrained converges").verdict == SUPPORTED
-    assert "gpt/polarity@50 2.0 vs 4.0 epochs" in claim(report, "Pretrained converges").line
+    assert "gpt/polarity@50 20.0 vs 40.0 steps" in claim(report, "Pretrained converges").line
     assert claim(report, "Fine-tuning beats frozen").verdict == PARTLY  # not word2vec/wic
     partial = claim(report, "Loading more pretrained layers")
     assert partial.verdict == PARTLY and "k=0 0.550, k=1 0.620" in partial.line

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.ingest import ingest
 from flows.pretrain import pretrain
@@ -16,6 +17,8 @@ from flows.transfer import transfer
 from pretrainlab.config import Spec
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
+from storage.tracking import check_tracking_reachable
+from tasks import stamps
 from tasks.ingest import plan_corpus_plain
 from tasks.pretrain import model_dir
 from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
@@ -92,21 +95,39 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
     return statuses
 
 
+def _stage(spec: Spec, stage: str, upstream: Any, run: Callable[[], dict]) -> dict[str, Any]:
+    """Run a stage subflow unless its inputs, settings and code are unchanged since it last
+    completed (one check per stage: per-task checks cost seconds of Prefect overhead)."""
+    key = stamps.stage_key(spec, stage, upstream)
+    if (hit := stamps.cached_stage(spec, stage, key)) is not None:
+        get_run_logger().info(f"{stage}: unchanged since its last run, skipped ({key})")
+        return hit
+    result = run()
+    stamps.record_stage(spec, stage, key, result, stamps.stage_outputs(spec, stage, result))
+    return result
+
+
 @flow(name="pipeline", flow_run_name="pipeline/{spec.experiment}")
 def pipeline(spec: Spec, until: Stage = STAGES[-1]) -> dict[str, Any]:
     """Run every stage up to and including `until`; each stage reuses its cached output."""
-    results: dict[str, Any] = {"ingest": ingest(spec)}
+    check_tracking_reachable(spec.tracking_uri())  # fail fast: a down MLflow server, no work lost
+    corpus_id = plan_corpus_plain(spec).corpus_id
+    results = {"ingest": _stage(spec, "ingest", corpus_id, lambda: ingest(spec))}
     if until == "ingest":
         return results
-    corpus_id = results["ingest"]["corpus_id"]
-    results["tokenize"] = tokenization(spec, corpus_id)
+    results["tokenize"] = _stage(spec, "tokenize", corpus_id,
+                                 lambda: tokenization(spec, corpus_id))
     if until == "tokenize":
         return results
-    results["pretrain"] = pretrain(spec, corpus_id, results["tokenize"]["families"])
+    tokens = results["tokenize"]["families"]
+    results["pretrain"] = _stage(spec, "pretrain", tokens,
+                                 lambda: pretrain(spec, corpus_id, tokens))
     if until == "pretrain":
         return results
-    results["transfer"] = transfer(spec, results["pretrain"]["families"])
+    models = results["pretrain"]["families"]
+    results["transfer"] = _stage(spec, "transfer", models, lambda: transfer(spec, models))
     if until == "transfer":
         return results
-    results["report"] = report(spec)
+    inputs = {"models": models, "results": stamps.result_files(spec)}
+    results["report"] = _stage(spec, "report", inputs, lambda: report(spec))
     return results

@@ -374,6 +374,12 @@ def _check_classes(spec: TaskSpec, splits: dict[str, list[_Located]], labels: se
         )
 
 
+def task_files(spec: TaskSpec, data_dir: Path | None = None) -> list[Path]:
+    """Every file a task reads: what its results depend on besides the code."""
+    files, _, _ = _sources(spec, data_dir)
+    return [path for split in SPLITS for path in files.get(split, [])]
+
+
 def load_task(spec: TaskSpec, data_dir: Path | None = None) -> TaskData:
     """Read a task's files (or demo dataset) into fixed, hashed train/dev/test splits."""
     if spec.kind not in KINDS:

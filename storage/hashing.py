@@ -8,6 +8,7 @@ from an old cache. sha256 runs at ~1.8 GB/s here (SHA-NI), i.e. at disk speed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import inspect
 import json
 from collections.abc import Iterable
@@ -48,4 +49,18 @@ def code_hash(modules: Iterable[ModuleType]) -> str:
     for module in sorted(modules, key=lambda m: m.__name__):
         digest.update(module.__name__.encode())
         digest.update(inspect.getsource(module).encode("utf-8"))
+    return digest.hexdigest()[:SHORT]
+
+
+def source_tree_hash(packages: Iterable[str]) -> str:
+    """Hash every .py file of these packages (installed or in a checkout): any code edit
+    changes it, so a stage-level cache never answers for code that has since changed."""
+    digest = hashlib.sha256()
+    for package in sorted(packages):
+        found = importlib.util.find_spec(package)
+        roots = list(found.submodule_search_locations or []) if found else []
+        for root in roots:
+            for path in sorted(Path(root).rglob("*.py")):
+                digest.update(str(path.relative_to(root)).encode())
+                digest.update(path.read_bytes())
     return digest.hexdigest()[:SHORT]

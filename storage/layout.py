@@ -8,6 +8,7 @@
   models/<family>/<model_key>/                   pretrained weights + checkpoints
   results/<task>/<key>.parquet                   transfer result rows (Parquet)
   reports/<experiment>/                          report.md, report.html, PNGs
+  stamps/<stage>-<experiment>.json               last completed stage result + its input key
   catalog.duckdb                                 rebuildable DuckDB cache
   mlflow.db, mlartifacts/                        embedded MLflow tracking
 """
@@ -51,6 +52,9 @@ class Layout:
 
     def report(self, experiment: str) -> Path:
         return self.store / "reports" / experiment
+
+    def stamp(self, stage: str, experiment: str) -> Path:
+        return self.store / "stamps" / f"{stage}-{experiment}.json"
 
     @property
     def catalog(self) -> Path:

@@ -79,7 +79,7 @@ def test_tracking_uri_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     assert explicit.tracking_uri() == "sqlite:////x.db"
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "full.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "showcase.yaml", "full.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     load_spec(ROOT / "configs" / name)
 

@@ -20,11 +20,13 @@ from storage.layout import Layout
 from storage.tracking import check_tracking_reachable
 from tasks import stamps
 from tasks.ingest import plan_corpus_plain
+from tasks.launch import check_launch
 from tasks.pretrain import model_dir
+from tasks.runners import check_compute
 from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
 
 Stage = Literal["ingest", "tokenize", "pretrain", "transfer", "report"]
-STAGES: tuple[str, ...] = ("ingest", "tokenize", "pretrain", "transfer", "report")
+STAGES = stamps.STAGES
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,11 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
     return statuses
 
 
-def _stage(spec: Spec, stage: str, upstream: Any, run: Callable[[], dict]) -> dict[str, Any]:
+def _stage(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any],
+           run: Callable[[], dict]) -> dict[str, Any]:
     """Run a stage subflow unless its inputs, settings and code are unchanged since it last
     completed (one check per stage: per-task checks cost seconds of Prefect overhead)."""
-    key = stamps.stage_key(spec, stage, upstream)
+    key = stamps.stage_key(spec, stage, stamps.upstream(spec, stage, corpus_id, results))
     if (hit := stamps.cached_stage(spec, stage, key)) is not None:
         get_run_logger().info(f"{stage}: unchanged since its last run, skipped ({key})")
         return hit
@@ -111,23 +114,27 @@ def _stage(spec: Spec, stage: str, upstream: Any, run: Callable[[], dict]) -> di
 def pipeline(spec: Spec, until: Stage = STAGES[-1]) -> dict[str, Any]:
     """Run every stage up to and including `until`; each stage reuses its cached output."""
     check_tracking_reachable(spec.tracking_uri())  # fail fast: a down MLflow server, no work lost
+    check_compute(spec.compute)  # ... a Dask scheduler that is down
+    check_launch(spec)  # ... a torchrun world size the devices cannot hold
     corpus_id = plan_corpus_plain(spec).corpus_id
-    results = {"ingest": _stage(spec, "ingest", corpus_id, lambda: ingest(spec))}
+    results: dict[str, Any] = {}
+    results["ingest"] = _stage(spec, "ingest", corpus_id, results, lambda: ingest(spec))
     if until == "ingest":
         return results
-    results["tokenize"] = _stage(spec, "tokenize", corpus_id,
+    results["tokenize"] = _stage(spec, "tokenize", corpus_id, results,
                                  lambda: tokenization(spec, corpus_id))
     if until == "tokenize":
         return results
     tokens = results["tokenize"]["families"]
-    results["pretrain"] = _stage(spec, "pretrain", tokens,
+    results["pretrain"] = _stage(spec, "pretrain", corpus_id, results,
                                  lambda: pretrain(spec, corpus_id, tokens))
     if until == "pretrain":
         return results
     models = results["pretrain"]["families"]
-    results["transfer"] = _stage(spec, "transfer", models, lambda: transfer(spec, models))
+    results["transfer"] = _stage(spec, "transfer", corpus_id, results,
+                                 lambda: transfer(spec, models))
     if until == "transfer":
         return results
-    inputs = {"models": models, "results": stamps.result_files(spec)}
-    results["report"] = _stage(spec, "report", inputs, lambda: report(spec))
+    results["report"] = _stage(spec, "report", corpus_id, results,
+                               lambda: report(spec, list(models)))
     return results

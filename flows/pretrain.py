@@ -9,6 +9,7 @@ from prefect import flow
 from pretrainlab.config import Spec
 from tasks.pretrain import pretrain_family
 from tasks.tokenization import TOKENIZER_OF_FAMILY
+from tasks.tracking import publish_pretrain_artifacts
 
 
 @flow(name="pretrain", flow_run_name="pretrain/corpus-{corpus_id:.8}")
@@ -20,6 +21,7 @@ def pretrain(spec: Spec, corpus_id: str, tokens: dict[str, dict[str, str]]) -> d
         models[family] = pretrain_family(
             spec, family, corpus_id, shards["tokenizer_id"], shards["tokens"]
         )
+        publish_pretrain_artifacts(spec, models[family])
     return {
         "families": models,
         "cache_hit": all(m["cache_hit"] for m in models.values()),

@@ -1,4 +1,8 @@
-"""Transfer flow: every task x family x mode x label budget x seed, baselines and probes."""
+"""Transfer flow: every task x model x mode x label budget x seed, baselines and probes.
+
+The models are the pretrained families, the user's own checkpoints (`transfer.checkpoints`)
+and, per task, the domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,48 @@ from typing import Any
 from prefect import flow
 
 from pretrainlab.config import Spec
-from tasks.transfer import load_task, run_baseline, run_polysemy, run_probe, run_transfer
+from tasks.pretrain import adapt_model, architecture
+from tasks.tracking import publish_transfer_summary
+from tasks.transfer import (
+    adaptation_parent,
+    load_task,
+    register_checkpoint,
+    run_baseline,
+    run_polysemy,
+    run_probe,
+    run_transfer,
+)
+
+LAYERED_MODES = ("partial", "frozen:layer")
 
 
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime."""
     sweep = spec.transfer
-    families = [f for f in (sweep.families or list(models)) if f in models]
+    compared = {f: models[f] for f in (sweep.families or list(models)) if f in models}
+    imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
+    compared |= imported
     runs: list[dict[str, Any]] = []
     for task_spec in sweep.tasks:
         data = load_task(spec, task_spec)
         runs += run_baseline(spec, data)
-        for family in families:
+        task_models = dict(compared)
+        if sweep.adapt and (sweep.adapt.tasks is None or data.name in sweep.adapt.tasks):
+            for name in sweep.adapt.families:
+                parent = adaptation_parent(models | imported, name)
+                task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
+        for name, model in task_models.items():
             for mode in sweep.modes:
-                if family == "word2vec" and mode.startswith("partial"):
-                    continue  # word2vec has no layers to load partially
-                runs += run_transfer(spec, data, family, models[family], mode)
+                if architecture(model) == "word2vec" and mode.startswith(LAYERED_MODES):
+                    continue  # one static layer: nothing to load partially or pick
+                runs += run_transfer(spec, data, name, model, mode)
         if data.kind == "wic":
-            runs += [run_polysemy(spec, data, family, models[family]) for family in families]
+            runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:
-            runs += [run_probe(spec, data, family, models[family])
-                     for family in families if family != "word2vec"]
+            runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
+                     if architecture(model) != "word2vec"]
+    publish_transfer_summary(spec, [r["run_id"] for r in runs])
     return {
         "runs": len(runs),
         "cache_hit": all(r["cache_hit"] for r in runs),

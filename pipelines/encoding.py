@@ -12,12 +12,14 @@ the tokenizer id, so every shard names the tokenizer that made it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import os
 import re
+import socket
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,78 @@ def _encode_part(tok: Tokenizer, src: Path, dst: Path, settings: _Settings) -> C
     return counts
 
 
+@dataclass(frozen=True)
+class EncodingPlan:
+    """Everything one part's encoding needs, small and picklable: a Prefect task on a Dask or
+    Ray worker gets this, loads the tokenizer once per process and encodes its part alone."""
+
+    tokenizer_dir: str
+    kind: str
+    settings: _Settings
+    sources: tuple[str, ...]  # corpus parts in name order; part i -> part_name(i)
+
+    @property
+    def parts(self) -> int:
+        return len(self.sources)
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def plan_encoding(
+    corpus_dir: str | Path, tokenizer_dir: str | Path, family_kind: str, max_sentence_tokens: int
+) -> EncodingPlan:
+    """Check the tokenizer fits `family_kind` and list the corpus parts to encode."""
+    kind = resolve_kind(family_kind)
+    tok, meta = load_raw_tokenizer(tokenizer_dir)
+    if meta["kind"] != kind:
+        raise TokenizerMismatchError(
+            f"{tokenizer_dir}: tokenizer {meta['tokenizer_id']} is {meta['kind']}, but "
+            f"{family_kind!r} needs a {kind} tokenizer"
+        )
+    if max_sentence_tokens < 1:
+        raise EncodingError(f"max_sentence_tokens must be >= 1, got {max_sentence_tokens}")
+    unk = KINDS[kind].unk
+    settings = _Settings(
+        meta["tokenizer_id"], tok.token_to_id(unk) if unk else None, max_sentence_tokens
+    )
+    sources = tuple(str(path) for path in corpus_parts(corpus_dir))
+    return EncodingPlan(str(tokenizer_dir), kind, settings, sources)
+
+
+@functools.lru_cache(maxsize=4)
+def _process_tokenizer(tokenizer_dir: str, tokenizer_id: str) -> Tokenizer:
+    """One verified tokenizer per process and id: shards encoded in the same worker share it."""
+    tok, meta = load_raw_tokenizer(tokenizer_dir)
+    if meta["tokenizer_id"] != tokenizer_id:
+        raise TokenizerMismatchError(
+            f"{tokenizer_dir}: holds tokenizer {meta['tokenizer_id']}, the plan needs "
+            f"{tokenizer_id}; re-run tokenization"
+        )
+    return tok
+
+
+def encode_part(plan: EncodingPlan, index: int, out_dir: str | Path) -> dict[str, int]:
+    """Encode corpus part `index` of the plan into `out_dir/part_name(index)`; return its counts.
+
+    The same bytes as the sequential encoder, in any process: a part depends only on its input.
+    """
+    src = Path(plan.sources[index])
+    if not src.exists():
+        raise EncodingError(
+            f"{src}: corpus part not found on host {socket.gethostname()}; every worker of a "
+            "Dask/Ray cluster must see the store at the same path (a shared filesystem)"
+        )
+    tok = _process_tokenizer(plan.tokenizer_dir, plan.settings.tokenizer_id)
+    return dict(_encode_part(tok, src, Path(out_dir) / part_name(index), plan.settings))
+
+
+def summarise(plan: EncodingPlan, counts: list[Mapping[str, int]]) -> dict[str, Any]:
+    """The corpus statistics from every part's counts (in any order)."""
+    return _summarise(sum(map(Counter, counts), Counter()), plan.settings, plan.kind, plan.parts)
+
+
 # Process-pool workers load the (verified) tokenizer once, in their initializer.
 _WORKER: dict[str, Any] = {}
 
@@ -218,25 +292,14 @@ def encode_corpus(
     cpu_count // workers tokenizer threads. `progress(done_parts, total_parts)` is called
     after each part, in order.
     """
-    kind = resolve_kind(family_kind)
-    tok, meta = load_raw_tokenizer(tokenizer_dir)
-    if meta["kind"] != kind:
-        raise TokenizerMismatchError(
-            f"{tokenizer_dir}: tokenizer {meta['tokenizer_id']} is {meta['kind']}, but "
-            f"{family_kind!r} needs a {kind} tokenizer"
-        )
-    if max_sentence_tokens < 1:
-        raise EncodingError(f"max_sentence_tokens must be >= 1, got {max_sentence_tokens}")
-    unk = KINDS[kind].unk
-    settings = _Settings(
-        meta["tokenizer_id"], tok.token_to_id(unk) if unk else None, max_sentence_tokens
-    )
-    sources = corpus_parts(corpus_dir)
+    plan = plan_encoding(corpus_dir, tokenizer_dir, family_kind, max_sentence_tokens)
+    settings, sources = plan.settings, [Path(src) for src in plan.sources]
     out = Path(out_dir)
-    targets = [out / f"part-{i:05d}.parquet" for i in range(len(sources))]
+    targets = [out / part_name(i) for i in range(len(sources))]
     report = progress or (lambda done, total: None)
     results: list[Counter] = []
     if workers <= 1 or len(sources) == 1:
+        tok = _process_tokenizer(plan.tokenizer_dir, settings.tokenizer_id)
         for src, dst in zip(sources, targets, strict=True):
             results.append(_encode_part(tok, src, dst, settings))
             report(len(results), len(sources))
@@ -260,7 +323,7 @@ def encode_corpus(
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # a bad part stops the run, not only itself
                 raise
-    return _summarise(sum(results, Counter()), settings, kind, len(sources))
+    return summarise(plan, results)
 
 
 def _summarise(c: Counter, settings: _Settings, kind: str, parts: int) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import zstandard
 from pretrainlab.config import PretrainlabError
 from storage.atomic import atomic_path, write_parquet
 from storage.hashing import sha256_file
+from storage.remote import ObjectStore, RemoteError, RemoteFile, is_url, resolve_url
 
 CORPUS_SCHEMA = pa.schema(
     [
@@ -143,7 +144,7 @@ class IngestSettings:
 class SourceInput:
     """One configured source resolved to files. `label` names it in stats and messages."""
 
-    paths: list[Path]
+    paths: list[Path | RemoteFile]  # local files, or objects at a URL (storage.remote)
     format: str = "auto"  # "auto" = detect_format per file
     text_field: str = "text"  # JSONL key, CSV/Parquet column
     doc_per: str = "line"  # plain text only: "line" | "paragraph" | "file"
@@ -172,8 +173,13 @@ def _visible(path: Path, root: Path) -> bool:
     return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def resolve_paths(path_or_glob: str) -> list[Path]:
-    """A file, a directory (every non-hidden file below it) or a glob, in sorted order."""
+def resolve_paths(
+    path_or_glob: str, object_store: ObjectStore | None = None
+) -> list[Path | RemoteFile]:
+    """A file, a directory (every non-hidden file below it) or a glob, in sorted order; a URL
+    (s3://bucket/raw/*.jsonl.gz) lists objects the same way, reached through `object_store`."""
+    if is_url(path_or_glob):
+        return list(resolve_url(path_or_glob, object_store or ObjectStore()))
     path = Path(path_or_glob).expanduser()
     if glob.has_magic(path_or_glob):
         found = [Path(p) for p in glob.glob(str(path), recursive=True)]
@@ -191,7 +197,7 @@ def resolve_paths(path_or_glob: str) -> list[Path]:
     raise IngestError(f"{path}: no such file or directory; check the source path")
 
 
-def _strip_compression(path: Path) -> str:
+def _strip_compression(path: Path | RemoteFile) -> str:
     name = path.name.lower()
     for suffix in COMPRESSION_SUFFIXES:
         if name.endswith(suffix):
@@ -199,23 +205,30 @@ def _strip_compression(path: Path) -> str:
     return name
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | Path | RemoteFile) -> str:
     """The format of a file from its extension, compression suffix removed; text otherwise.
 
     Wikimedia dump names carry a page range after `.xml` (`...articles1.xml-p10p30302.bz2`).
     """
-    name = _strip_compression(Path(path))
+    name = _strip_compression(path if isinstance(path, RemoteFile) else Path(path))
     if re.search(r"\.xml(-|$)", name):
         return "mediawiki"
     return FORMAT_BY_SUFFIX.get(Path(name).suffix, "text")
 
 
-def fingerprint_sources(paths: list[Path]) -> list[dict]:
-    """Content identity of the input files: what a corpus id is computed from."""
+def fingerprint_sources(paths: list[Path | RemoteFile]) -> list[dict]:
+    """Identity of the input files, what a corpus id is computed from: content for local
+    files, (URL, size, modification time) for objects (see storage.remote)."""
     return [
-        {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+        path.fingerprint()
+        if isinstance(path, RemoteFile)
+        else {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
         for path in paths
     ]
+
+
+def _size(path: Path | RemoteFile) -> int:
+    return path.size if isinstance(path, RemoteFile) else path.stat().st_size
 
 
 # --- opening (and decompressing) files ------------------------------------------------------
@@ -256,7 +269,7 @@ class _ZstdReader(io.RawIOBase):
         return b"".join(parts)
 
 
-def _decompressed(path: Path, raw: BinaryIO) -> BinaryIO:
+def _decompressed(path: Path | RemoteFile, raw: BinaryIO) -> BinaryIO:
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.GzipFile(fileobj=raw, mode="rb")
@@ -282,12 +295,17 @@ def _check_encoding(stream: BinaryIO, path: Path) -> None:
 
 
 @contextmanager
-def _open_source(path: Path, fmt: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+def _open_source(path: Path | RemoteFile, fmt: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
     """Yield (raw file, decompressed stream); raw.tell() is how far the file has been read."""
     if fmt == "parquet" and path.name.lower().endswith(COMPRESSION_SUFFIXES):
         raise IngestError(f"{path}: Parquet is compressed internally; store it uncompressed")
     try:
-        raw = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+        if isinstance(path, RemoteFile):  # Parquet seeks to its footer; the rest streams
+            raw = path.open_random() if fmt == "parquet" else path.open_stream()
+        else:
+            raw = open(path, "rb")  # noqa: SIM115 (closed by the with below)
+    except RemoteError:
+        raise
     except OSError as error:
         raise IngestError(
             f"{path}: cannot open the file ({error.strerror}); check that it exists, is a "
@@ -612,7 +630,7 @@ READERS = {
 
 
 def _read_batches(
-    path: Path, fmt: str, source: SourceInput, settings: IngestSettings
+    path: Path | RemoteFile, fmt: str, source: SourceInput, settings: IngestSettings
 ) -> Iterator[tuple[int, _Batch]]:
     """Yield (bytes of `path` read so far, batch); a failure to read becomes IngestError.
 
@@ -624,6 +642,8 @@ def _read_batches(
         with _open_source(path, fmt) as (raw, stream):
             for batch in READERS[fmt](stream, path, source, settings):
                 yield raw.tell(), batch
+    except RemoteError:
+        raise
     except EOFError as error:
         raise IngestError(
             f"{path}: the file ends early ({error}); it is truncated or corrupt: download or "
@@ -911,7 +931,7 @@ class _Run:
     reported: int = 0
     by_reason: Counter = field(default_factory=Counter)
 
-    def file(self, path: Path, source: SourceInput, room: int | None) -> int:
+    def file(self, path: Path | RemoteFile, source: SourceInput, room: int | None) -> int:
         """Stream one file into the corpus, writing at most `room` new documents."""
         fmt = detect_format(path) if source.format == "auto" else source.format
         label, written, offset = str(path), 0, 0
@@ -932,7 +952,7 @@ class _Run:
                 if room is not None and written >= room:
                     self.bytes_done += offset
                     return written
-        self.bytes_done += path.stat().st_size
+        self.bytes_done += _size(path)
         return written
 
     def _report(self, offset: int) -> None:
@@ -944,7 +964,7 @@ class _Run:
         before = (self.writer.rows, self.duplicates, self.by_reason.total())
         room = source.limit
         for path in source.paths:
-            written = self.file(Path(path), source, room)
+            written = self.file(path if isinstance(path, RemoteFile) else Path(path), source, room)
             if room is not None:
                 room -= written
                 if room == 0:

@@ -892,6 +892,27 @@ def claim_frozen_finetune(data: Data) -> Claim:
     return Claim(name, verdict, f"{name}: {verdict} at the largest budget ({detail}).")
 
 
+def claim_adaptation(data: Data) -> Claim:
+    """ULMFiT's middle stage: the model adapted on the task's text vs its parent, fine-tuned."""
+    name = "Domain adaptation helps"
+    pairs = [
+        (t, m, b, data.score(t, m, mode, b), parent)
+        for t, m, mode, b in data.cells()
+        if mode == "finetune" and m.endswith("+adapt")
+        and (parent := data.score(t, m.removesuffix("+adapt"), mode, b))
+    ]
+    if not pairs:
+        why = "no <family>+adapt runs; see transfer.adapt"
+        return Claim(name, NOT_MEASURED, f"{name}: not measured ({why}).")
+    hits = sum(_above(*_diff(ad, pa)) for *_, ad, pa in pairs)
+    verdict = _overall(hits, len(pairs))
+    detail = "; ".join(
+        f"{m}/{t}@{b} {ad.mean:.3f} vs {pa.mean:.3f}, {_signed(*_diff(ad, pa))}"
+        for t, m, b, ad, pa in pairs
+    )
+    return Claim(name, verdict, f"{name} (finetune, adapted vs parent): {verdict} ({detail}).")
+
+
 def claim_partial(data: Data) -> Claim:
     name = "Loading more pretrained layers helps (partial:k)"
     curves = {k: v for k, v in _partial_curves(data).items() if len(v) >= 2}
@@ -1112,6 +1133,7 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
         claim_word2vec_wic(data, poly_rows),
         claim_scalar_mix(data),
         claim_masking(data, mask_rows),
+        claim_adaptation(data),
     ]
     md = write_bytes(out_dir / "report.md", render_markdown(title, claims, sections).encode())
     page = write_bytes(out_dir / "report.html", render_html(title, claims, sections).encode())

@@ -24,6 +24,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Demo data: fetch and list the real text this lab ships with.")
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(
+    help="Registered model versions: list, compare side by side, promote to champion.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 out = Console()
 
@@ -76,13 +81,22 @@ def run(
 
       pretrainlab run my.yaml --set corpus.valid_fraction=0.1
     """
-    from flows.pipeline import STAGES, pipeline, plan
+    from tasks.ingest import plan_corpus_plain
+    from tasks.stamps import STAGES, up_to_date
 
     spec = _spec(spec_path, overrides)
     stage = until or STAGES[-1]
     if stage not in STAGES:
         _fail(PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}"))
     try:
+        stages = STAGES[: STAGES.index(stage) + 1]
+        unchanged = None if dry_run else up_to_date(spec, stages, plan_corpus_plain(spec).corpus_id)
+        if unchanged is not None:  # nothing to do: answer without starting Prefect
+            console.print("every stage is unchanged since its last run (no flow run started)")
+            _print_results(unchanged)
+            return
+        from flows.pipeline import pipeline, plan
+
         statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
         if dry_run:
             table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
@@ -91,9 +105,16 @@ def run(
                 table.add_row(status.stage, mark, status.output, status.detail)
             out.print(table)
             return
+        from storage.tracking import check_tracking_reachable
+
+        check_tracking_reachable(spec.tracking_uri())  # before Prefect starts: fails in seconds
         results = pipeline(spec, until=stage)
     except PretrainlabError as error:
         _fail(error)
+    _print_results(results)
+
+
+def _print_results(results: dict[str, dict]) -> None:
     for name, result in results.items():
         hit = "[green]cached[/]" if result.get("cache_hit") else "[yellow]built[/]"
         console.print(
@@ -224,6 +245,403 @@ def check(
         return
     spec = _spec(spec_path, None)
     out.print(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), highlight=False)
+
+
+def _service_settings():
+    from pretrainlab import services
+
+    try:
+        return services.Settings.from_env()
+    except PretrainlabError as error:
+        _fail(error)
+        raise  # unreachable
+
+
+def _print_services(states, settings) -> None:
+    table = Table("service", "state", "pid", "url", "log")
+    for state in states:
+        if state.healthy and state.running:
+            mark = "[green]up[/]"
+        elif state.healthy:
+            mark = "[yellow]up, not started here[/]"
+        elif state.running:
+            mark = "[yellow]starting / unhealthy[/]"
+        else:
+            mark = "[red]down[/]"
+        table.add_row(state.name, mark, str(state.pid or ""), state.url, state.log.name)
+    out.print(table)
+    out.print(f"logs and pid files: {settings.run_dir}", highlight=False, soft_wrap=True)
+    for state in states:
+        if state.detail:
+            out.print(f"{state.name}: {state.detail}", highlight=False, soft_wrap=True)
+    if any(state.healthy for state in states):
+        out.print("Use these servers from a shell:", highlight=False)
+        for key, value in settings.client_env().items():
+            out.print(f"  export {key}={value}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def up() -> None:
+    """Start Prefect server, a process worker and MLflow server on 127.0.0.1 (as `make up`).
+
+    Logs and pid files go to $PRETRAINLAB_RUN_DIR (default .pretrainlab/run). Ports:
+    $PRETRAINLAB_PREFECT_PORT (4200), $PRETRAINLAB_MLFLOW_PORT (5000); work pool:
+    $PRETRAINLAB_WORK_POOL (pretrainlab). Services already running are left alone.
+    """
+    from pretrainlab import services
+
+    settings = _service_settings()
+    console.print(f"starting services (logs in {settings.run_dir}) ...", highlight=False)
+    try:
+        states = services.start(settings)
+    except PretrainlabError as error:
+        _fail(error)
+    _print_services(states, settings)
+
+
+@app.command()
+def down() -> None:
+    """Stop the services `up` started (worker first); nothing else is touched."""
+    from pretrainlab import services
+
+    settings = _service_settings()
+    stopped = services.stop(settings)
+    message = f"stopped: {', '.join(stopped)}" if stopped else "nothing was running"
+    console.print(f"{message} ({settings.run_dir})", highlight=False)
+
+
+@app.command()
+def status() -> None:
+    """What is up: each service's state, pid, URL and log; the work pool and its workers."""
+    from pretrainlab import services
+
+    settings = _service_settings()
+    _print_services(services.status(settings), settings)
+
+
+# ------------------------------------------------------------------ models and housekeeping
+
+SpecOption = Annotated[
+    Path | None, typer.Option("--spec", help="Take store and tracking URI from a spec.")
+]
+StoreOption = Annotated[Path, typer.Option(help="Store root (without --spec).")]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table, csv or json.")]
+LIST_EXTRA = ("valid_ppl", "tokens_per_s")
+
+
+def _store_and_uri(spec_path: Path | None, store: Path) -> tuple[Path, str | None]:
+    """--spec wins; else the store, with $MLFLOW_TRACKING_URI or <store>/mlflow.db."""
+    if spec_path is None:
+        return store, None
+    spec = _spec(spec_path, None)
+    return Path(spec.store), spec.tracking_uri()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def _print_rows(result, fmt: OutputFormat, title: str | None = None) -> None:
+    if fmt is not OutputFormat.table:
+        sys.stdout.write(str(_render(result, fmt)) + "\n")
+        return
+    table = Table(*result.column_names, title=title)
+    for row in result.to_pylist():
+        table.add_row(*(_cell(v) for v in row.values()))
+    out.print(table)
+
+
+@models_app.command("list")
+def models_list(
+    spec_path: SpecOption = None,
+    store: StoreOption = Path(".pretrainlab"),
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Every registered version: aliases, family, creation time, key pretraining metrics.
+
+    Examples:
+
+      pretrainlab models list
+
+      pretrainlab models list --spec configs/demo.yaml --format csv
+    """
+    from storage import versions
+
+    store, uri = _store_and_uri(spec_path, store)
+    try:
+        result = versions.list_versions(store, uri)
+    except PretrainlabError as error:
+        _fail(error)
+    if fmt is not OutputFormat.table:
+        _print_rows(result, fmt)
+        return
+    table = Table("name", "version", "aliases", "family", "created", "headline", *LIST_EXTRA, "run")
+    for row in result.to_pylist():
+        headline = f"{row['headline_metric'] or ''} {_cell(row['headline_value'])}".strip()
+        table.add_row(
+            row["name"],
+            str(row["version"]),
+            row["aliases"],
+            row["family"],
+            _cell(row["created"]),
+            headline,
+            *(_cell(row[key]) for key in LIST_EXTRA),
+            (row["run_id"] or "")[:8],
+        )
+    out.print(table)
+
+
+def _delta(change: float | None) -> str:
+    if change is None:
+        return ""
+    colour = "green" if change > 0 else "red" if change < 0 else "dim"
+    return f"[{colour}]{change:+.4g}[/]"
+
+
+def _compare_tables(comparison) -> list[Table]:
+    """Wide tables: one column per version, then its delta vs the first."""
+    labels = [v.label for v in comparison.versions]
+    tables = []
+    for section, keys in (
+        ("spec", ("key",)),
+        ("pretrain", ("key",)),
+        ("downstream", ("task", "mode", "budget", "key")),
+    ):
+        rows = [r for r in comparison.rows if r["section"] == section]
+        if not rows:
+            continue
+        deltas = [f"Δ {label}" for label in labels[1:]] if section != "spec" else []
+        table = Table(*keys, *labels, *deltas, title=f"{section}", title_justify="left")
+        grouped: dict[tuple, dict[str, dict]] = {}
+        for row in rows:
+            grouped.setdefault(tuple(row[k] for k in keys), {})[row["version"]] = row
+        for key, cells in grouped.items():
+            values = [_cell(cells.get(label, {}).get("value")) for label in labels]
+            changes = [cells.get(label, {}).get("delta") for label in labels[1:]]
+            shown = [_delta(d) for d in changes]
+            table.add_row(*(str(k) for k in key), *values, *(shown if deltas else []))
+        tables.append(table)
+    return tables
+
+
+@models_app.command("compare")
+def models_compare(
+    refs: Annotated[
+        list[str], typer.Argument(help="NAME@vN, NAME/N, NAME@alias or NAME (all its versions).")
+    ],
+    spec_path: SpecOption = None,
+    store: StoreOption = Path(".pretrainlab"),
+    fmt: FormatOption = OutputFormat.table,
+    all_metrics: Annotated[
+        bool, typer.Option("--all-metrics", help="Every test metric, not only the headline.")
+    ] = False,
+) -> None:
+    """Versions side by side: spec differences, pretraining metrics, downstream test scores
+    (mean over seeds per task x mode x budget), each with its delta vs the first version.
+
+    Examples:
+
+      pretrainlab models compare demo-bert@v1 demo-bert@v2
+
+      pretrainlab models compare demo-bert@champion demo-gpt@champion --format csv
+
+      pretrainlab models compare demo-bert   # every version of it
+    """
+    from storage import versions
+
+    store, uri = _store_and_uri(spec_path, store)
+    try:
+        comparison = versions.compare(store, refs, uri, headline_only=not all_metrics)
+    except PretrainlabError as error:
+        _fail(error)
+    if fmt is OutputFormat.json:  # numbers stay numbers (the CSV's value column is text)
+        sys.stdout.write(json.dumps(comparison.rows, default=str, indent=1) + "\n")
+        return
+    if fmt is OutputFormat.csv:
+        sys.stdout.write(str(_render(comparison.table(), fmt)) + "\n")
+        return
+    for table in _compare_tables(comparison):
+        out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(
+    name: Annotated[str, typer.Argument(help="Registered model, e.g. demo-bert.")],
+    mode: Annotated[str, typer.Option(help="Transfer mode whose test scores decide.")] = (
+        "finetune"
+    ),
+    budget: Annotated[str, typer.Option(help="Label budget whose scores decide.")] = "all",
+    tasks: Annotated[
+        list[str] | None, typer.Option("--task", help="A task that counts (repeat); default all.")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="Test metric; default each task's headline.")
+    ] = None,
+    aggregate: Annotated[str, typer.Option(help="Over tasks: mean or min (worst).")] = "mean",
+    margin: Annotated[float, typer.Option(help="Must beat the champion by more than this.")] = 0.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would happen, change nothing.")
+    ] = False,
+    spec_path: SpecOption = None,
+    store: StoreOption = Path(".pretrainlab"),
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Move the `champion` alias to the best version by a rule on downstream test scores, only
+    if it beats the current champion by more than --margin; the rule, the numbers and the time
+    are stored as tags (`champion_reason`) on the version and the registered model.
+
+    Examples:
+
+      pretrainlab models promote demo-bert --dry-run
+
+      pretrainlab models promote demo-bert --mode frozen --budget 100 --margin 0.01
+
+      pretrainlab models promote demo-gpt --task polarity --task wic --aggregate min
+    """
+    from storage import versions
+
+    if aggregate not in ("mean", "min"):
+        _fail(PretrainlabError(f"--aggregate {aggregate!r}: choose mean or min"))
+    if margin < 0:
+        _fail(PretrainlabError(f"--margin {margin}: must be >= 0"))
+    rule = versions.Rule(mode, budget, tuple(tasks or ()), metric, aggregate, margin)  # type: ignore[arg-type]
+    store, uri = _store_and_uri(spec_path, store)
+    try:
+        decision = versions.promote(store, name, rule, uri, dry_run=dry_run)
+    except PretrainlabError as error:
+        _fail(error)
+    if fmt is OutputFormat.json:
+        record = {**decision.record(), "applied": decision.applied, "dry_run": dry_run}
+        sys.stdout.write(json.dumps(record, indent=1) + "\n")
+        return
+    _print_decision(decision, dry_run)
+
+
+def _print_decision(decision, dry_run: bool) -> None:
+    table = Table("version", "score", *decision.tasks, "note", title=f"{decision.name}: ranking")
+    for version in sorted({*decision.scores, *decision.ineligible}):
+        per_task = decision.per_task.get(version, {})
+        note = "champion" if version == decision.champion else ""
+        if version in decision.ineligible:
+            note = decision.ineligible[version]
+        elif version == decision.best:
+            note = ", ".join(filter(None, [note, "best"]))
+        table.add_row(
+            f"v{version}",
+            _cell(decision.scores.get(version)),
+            *(_cell(per_task.get(t)) for t in decision.tasks),
+            note,
+        )
+    out.print(table)
+    out.print(f"rule: {decision.rule.describe()}", highlight=False, soft_wrap=True)
+    if decision.promote:
+        verb = "would move" if dry_run else "moved"
+        out.print(
+            f"[green]{verb} champion[/] -> v{decision.best}: {decision.reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.print(f"[yellow]champion unchanged[/]: {decision.reason}", highlight=False)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TB"
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go and how much; delete nothing.")
+    ] = False,
+    keep_days: Annotated[
+        float, typer.Option(help="Keep anything modified (or any run started) this recently.")
+    ] = 7.0,
+    keep_checkpoints: Annotated[
+        bool, typer.Option("--keep-checkpoints", help="Keep finished models' checkpoints.")
+    ] = False,
+    show_kept: Annotated[
+        bool, typer.Option("--show-kept", help="Also list what stays and why.")
+    ] = False,
+    spec_path: SpecOption = None,
+    store: StoreOption = Path(".pretrainlab"),
+) -> None:
+    """Remove cached outputs and checkpoints that no registered model version, result row or
+    recent run references. Never touches mlflow.db, mlartifacts/, results or reports.
+
+    Examples:
+
+      pretrainlab gc --dry-run
+
+      pretrainlab gc --keep-days 1 --spec configs/demo.yaml
+    """
+    from storage import gc
+
+    store, uri = _store_and_uri(spec_path, store)
+    try:
+        found = gc.gc(store, uri, keep_days, dry_run=dry_run, keep_checkpoints=keep_checkpoints)
+    except PretrainlabError as error:
+        _fail(error)
+    title = "would remove" if dry_run else "removed"
+    table = Table("kind", "path", "size", title=f"{title} ({found.store})", title_justify="left")
+    skipped = {id(o) for o in found.skipped}
+    for output in found.remove:
+        if id(output) not in skipped:
+            path = str(output.path.relative_to(found.store))
+            table.add_row(output.kind, path, _size(output.bytes))
+    if found.remove:
+        out.print(table)
+    freed = found.bytes - sum(o.bytes for o in found.skipped)
+    kept_bytes = sum(o.bytes for o in found.kept)
+    out.print(
+        f"{title}: {len(found.remove) - len(found.skipped)} item(s), {_size(freed)}; kept "
+        f"{len(found.kept)} (referenced or recent, {_size(kept_bytes)})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for output in found.skipped:
+        out.print(f"skipped (modified meanwhile): {output.path}", highlight=False, soft_wrap=True)
+    if show_kept:
+        kept = Table("kind", "path", "size", "why kept", title="kept", title_justify="left")
+        for output in found.kept:
+            path = str(output.path.relative_to(found.store))
+            kept.add_row(output.kind, path, _size(output.bytes), output.keep or "")
+        out.print(kept)
+
+
+@app.command(hidden=True)
+def screenshots(
+    experiment: Annotated[str, typer.Option(help="Whose registered versions to compare.")] = "demo",
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the PNGs go.")] = Path(
+        "docs/screenshots"
+    ),
+    browser: Annotated[str, typer.Option(help="Headless Chromium binary.")] = "chromium",
+) -> None:
+    """PNGs of the Prefect deployment, its latest run and an MLflow version comparison
+    (`make screenshots`; needs `make up`, `make deploy` and one completed pipeline run)."""
+    from pretrainlab import services
+
+    settings = _service_settings()
+    try:
+        taken = services.take_screenshots(
+            services.screenshot_pages(settings, experiment), out_dir, browser
+        )
+    except PretrainlabError as error:
+        _fail(error)
+    for path in taken:
+        console.print(f"wrote {path}", highlight=False)
 
 
 if __name__ == "__main__":

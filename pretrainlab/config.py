@@ -168,9 +168,39 @@ class BudgetSpec(Strict):
     minutes: float | None = Field(None, gt=0, description="Wall clock per family (run one by one).")
 
 
+class LaunchSpec(Strict):
+    """torchrun for the torch families (ELMo, GPT, BERT); world size = nproc_per_node x nnodes.
+
+    pretrainlab runs on node 0 (it logs, checkpoints and registers); every other node joins
+    with the torchrun command node 0 logs. All nodes need the store at the same path.
+    """
+
+    nproc_per_node: int = Field(1, ge=1, description="Ranks per node: one per GPU (gloo: CPU).")
+    nnodes: int = Field(1, ge=1, description="Machines; >1 needs the store on a shared filesystem.")
+    master_addr: str = Field("127.0.0.1", description="Node 0's address, reachable by all nodes.")
+    master_port: int = Field(29500, ge=1, le=65535, description="A free TCP port on node 0.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="auto = nccl when CUDA is visible, else gloo."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _reachable_master(self) -> LaunchSpec:
+        if self.nnodes > 1 and self.master_addr in ("127.0.0.1", "localhost"):
+            raise ValueError(
+                f"nnodes {self.nnodes} needs master_addr = node 0's address on the network "
+                f"(the other nodes cannot reach {self.master_addr})"
+            )
+        return self
+
+
 class PretrainSpec(Strict):
     families: list[Family] = Field(["word2vec", "elmo", "gpt", "bert"], min_length=1)
     budget: BudgetSpec = BudgetSpec()
+    launch: LaunchSpec = LaunchSpec()
     unigram_gap_nats: float = Field(
         0.5, description="Tag an LM run `learned_little` when valid loss is within this of entropy."
     )
@@ -208,11 +238,48 @@ class TaskSpec(Strict):
         return self
 
 
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ADAPTABLE = ("elmo", "gpt", "bert")  # the families with a language model to continue
+
+
+class CheckpointSpec(Strict):
+    """A user's own pretrained model (a local Hugging Face directory) as one more family."""
+
+    name: str = Field(
+        ...,
+        pattern=MODEL_NAME,
+        description="Shown as `family` in rows; registered as <experiment>-<name>.",
+    )
+    path: str = Field(
+        ..., description="save_pretrained directory: config.json, safetensors, tokenizer files."
+    )
+
+
+class AdaptSpec(Strict):
+    """Domain adaptation (ULMFiT): continue a model's LM training on a task's unlabelled text."""
+
+    families: list[str] = Field(
+        ..., min_length=1, description="Models to adapt: elmo, gpt, bert or a checkpoint name."
+    )
+    tasks: list[str] | None = Field(None, description="Tasks to adapt on; default every task.")
+    max_steps: int = Field(50, ge=1, description="Optimizer steps on the task's texts.")
+    lr: float | None = Field(None, gt=0, description="Default: the family's pretraining lr.")
+
+
 class TransferSpec(Strict):
     """The sweep: tasks x families x modes x label budgets x seeds, each mode with its own lr."""
 
     tasks: list[TaskSpec] = []
     families: list[Family] | None = Field(None, description="Default: the pretrained families.")
+    checkpoints: list[CheckpointSpec] = Field(
+        [],
+        description="Your HF checkpoints (bert/gpt2) as extra families: [{name: mine, path: dir}].",
+    )
+    adapt: AdaptSpec | None = Field(
+        None,
+        description="Off; {families: [gpt, bert], tasks: [t], max_steps: 50, lr: null} adds "
+        "<family>+adapt.",
+    )
     modes: list[str] = Field(
         ["scratch", "frozen", "finetune", "partial:1"],
         description="scratch | frozen | frozen:layer=N | finetune | partial:k | partial:k:frozen.",
@@ -234,11 +301,99 @@ class TransferSpec(Strict):
     max_len: int = Field(64, ge=8, description="Subword tokens per input.")
     probe_tasks: list[str] = Field([], description="Tasks that get a linear probe per layer.")
 
+    @model_validator(mode="after")
+    def _models_named_once(self) -> TransferSpec:
+        names = [c.name for c in self.checkpoints]
+        taken = {"word2vec", "elmo", "gpt", "bert", "baseline"}
+        for name in names:
+            if name in taken:
+                raise ValueError(f"checkpoint name {name!r} is taken by a built-in family")
+            if names.count(name) > 1:
+                raise ValueError(f"checkpoint name {name!r} is used twice")
+        if self.adapt is None:
+            return self
+        for name in self.adapt.families:
+            if name not in (*ADAPTABLE, *names):
+                raise ValueError(
+                    f"adapt.families: {name!r} has no language model to continue; choose from "
+                    f"{', '.join([*ADAPTABLE, *names])}"
+                )
+        tasks = [t.name for t in self.tasks]
+        for name in self.adapt.tasks or []:
+            if name not in tasks:
+                raise ValueError(f"adapt.tasks: no task named {name!r}; tasks: {tasks}")
+        return self
+
 
 class TrackingSpec(Strict):
     uri: str | None = Field(
         None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI or <store>/mlflow.db."
     )
+
+
+class StorageSpec(Strict):
+    """Object storage: a remote mirror of the store, and how to reach s3:// URLs (sources too).
+    Credentials never go here: the standard AWS variables or profile supply them."""
+
+    remote: str | None = Field(
+        None, description="Mirror of the store (s3://bucket/prefix, gs://, file:///); null = none."
+    )
+    endpoint: str | None = Field(
+        None, description="S3-compatible endpoint URL; default $AWS_ENDPOINT_URL, else AWS."
+    )
+    region: str | None = Field(None, description="S3 region; default $AWS_REGION or us-east-1.")
+    timeout_s: float = Field(10.0, gt=0, description="Connect and request timeout (seconds).")
+
+    @model_validator(mode="after")
+    def _remote_is_url(self) -> StorageSpec:
+        if self.remote is not None and "://" not in self.remote:
+            raise ValueError(
+                f"remote must be a URL such as s3://bucket/prefix or file:///abs/path, got "
+                f"{self.remote!r}"
+            )
+        return self
+
+
+class DaskSpec(Strict):
+    address: str | None = Field(
+        None, description="Existing scheduler (tcp://host:8786); none = a local cluster."
+    )
+    n_workers: int = Field(2, ge=1, description="Local cluster: worker processes.")
+    threads_per_worker: int = Field(1, ge=1, description="Local cluster: threads per worker.")
+
+
+class RaySpec(Strict):
+    address: str | None = Field(
+        None, description="Existing cluster (ray://host:10001 or auto); none = a local Ray."
+    )
+
+
+class ComputeSpec(Strict):
+    """Where per-shard tasks (encoding) run: a thread pool here, or a Dask or Ray cluster."""
+
+    runner: Literal["thread", "dask", "ray"] = Field(
+        "thread", description="thread | dask (prefect-dask) | ray (needs: pip install prefect-ray)."
+    )
+    threads: int = Field(
+        1, ge=1, description="thread: shards at once (one shard already uses every core)."
+    )
+    dask: DaskSpec = DaskSpec()
+    ray: RaySpec = RaySpec()
+
+
+class PromoteSpec(Strict):
+    """The pipeline's optional last step: move each family's `champion` alias by a rule on
+    downstream test scores (`pretrainlab models promote` applies the same rule by hand)."""
+
+    enabled: bool = Field(False, description="Off by default: aliases are for people to move.")
+    mode: str = Field("finetune", description="Transfer mode whose test scores decide.")
+    budget: int | Literal["all"] = Field("all", description="Label budget whose scores decide.")
+    tasks: list[str] = Field([], description="Tasks that count; default every scored task.")
+    metric: str | None = Field(
+        None, description="Default: each task's headline (span_f1 for BIO tags, else accuracy)."
+    )
+    aggregate: Literal["mean", "min"] = Field("mean", description="Over tasks: mean or worst.")
+    margin: float = Field(0.0, ge=0, description="Must beat the champion by more than this.")
 
 
 class Spec(Strict):
@@ -252,10 +407,26 @@ class Spec(Strict):
     store: str = Field(".pretrainlab", description="Root of every output (relative to the cwd).")
     data_dir: str | None = Field(None, description="Demo data cache; default the user cache dir.")
     tracking: TrackingSpec = TrackingSpec()
+    storage: StorageSpec = StorageSpec()
+    compute: ComputeSpec = ComputeSpec()
     corpus: CorpusSpec
     tokenizers: TokenizersSpec = TokenizersSpec()
     pretrain: PretrainSpec = PretrainSpec()
     transfer: TransferSpec = TransferSpec()
+    promote: PromoteSpec = PromoteSpec()
+
+    @model_validator(mode="after")
+    def _adapted_models_exist(self) -> Spec:
+        """Fail before pretraining, not after it, when adaptation names a model nobody makes."""
+        adapt = self.transfer.adapt
+        known = [*self.pretrain.families, *(c.name for c in self.transfer.checkpoints)]
+        for name in adapt.families if adapt else []:
+            if name not in known:
+                raise ValueError(
+                    f"transfer.adapt.families: {name!r} is neither in pretrain.families nor a "
+                    "transfer.checkpoints name; add it to one of them"
+                )
+        return self
 
     def tracking_uri(self) -> str:
         """The spec's URI, else $MLFLOW_TRACKING_URI, else SQLite under the store."""

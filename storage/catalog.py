@@ -18,7 +18,12 @@ Relations (views only exist when their files do; MLflow tables whenever MLflow w
   tokenizers    one row per complete tokenizer: id, family, kind, vocab size, corpus, manifest
   experiments, runs, params, metrics (full history), metrics_latest (view),
   model_versions (with `aliases`), registered_models       copied from MLflow
+  version_scores  test scores of each registered version per task x mode x budget x metric
+                (mean over seeds), joined result rows -> transfer run -> pretrain run -> version;
+                `headline` marks each task's headline metric (span_f1 for BIO tags, else accuracy)
   catalog_info  when and from where this catalog was built
+  remote_corpus, remote_tokens, remote_results   the complete outputs of the store's mirror
+                (storage.remote), as Arrow datasets registered for the queries that name them
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from mlflow.exceptions import MlflowException
 from pretrainlab.config import PretrainlabError
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
+from storage.remote import store_mirror
 from storage.tracking import TrackingUnavailable, check_tracking_reachable, redact, sqlite_path
 
 # Tags the tasks set that deserve their own column in `runs` (all tags stay in the `tags` map).
@@ -70,6 +76,30 @@ PAGE = 1000
 
 TS = pa.timestamp("ms")
 TAGS = pa.map_(pa.string(), pa.string())
+
+
+# A result row's run is a transfer run whose `pretrain_run_id` tag names the run of a registered
+# version: that chain (not family + version number, which repeat across experiments) links them.
+SCORE_COLUMNS = {"run_id", "task", "family", "mode", "budget", "seed", "split", "metric", "value"}
+VERSION_SCORES_SQL = """
+create view version_scores as
+with scored as (
+    select mv.name, mv.version, r.family, r.task, r.mode, r.budget, r.metric, r.seed, r.value
+    from results r
+    join runs t on t.run_id = r.run_id
+    join model_versions mv on mv.run_id = t.pretrain_run_id
+    where r.split = 'test' and r.layer is null
+),
+heads as (
+    select task, case when bool_or(metric = 'span_f1') then 'span_f1' else 'accuracy' end as metric
+    from scored group by task
+)
+select s.name, s.version, s.family, s.task, s.mode, s.budget, s.metric,
+    s.metric = h.metric as headline, count(distinct s.seed) as seeds, avg(s.value) as mean,
+    stddev_samp(s.value) as std, min(s.value) as min, max(s.value) as max
+from scored s join heads h using (task)
+group by all
+"""
 
 
 class CatalogError(PretrainlabError, RuntimeError):
@@ -553,6 +583,10 @@ def _build(path: Path, contents: Contents) -> None:
                 con.execute(f'create view "{view.name}" as {view.sql}')
             except duckdb.Error as error:  # e.g. a damaged Parquet file inside a complete output
                 raise CatalogError(f"cannot build view {view.name}: {error}") from error
+        if "model_versions" in contents.tables and any(v.name == "results" for v in contents.views):
+            columns = {row[0] for row in con.execute("describe results").fetchall()}
+            if columns >= SCORE_COLUMNS | {"layer"}:  # result rows as tasks/transfer.py writes
+                con.execute(VERSION_SCORES_SQL)
         info = pa.Table.from_pylist([contents.info])
         con.register("_arrow_source", info)
         con.execute("create table catalog_info as select * from _arrow_source")
@@ -628,11 +662,20 @@ def query(
 ) -> pa.Table:
     """Run one SQL query (or a script: the last statement's result) on a read-only catalog."""
     with _open(store, tracking_uri, refresh_first) as con:
+        _register_remote(con, store, sql)
         try:
             relation = con.sql(sql)  # None for statements without rows (SET, PRAGMA ...)
             return relation.to_arrow_table() if relation is not None else pa.table({})
         except duckdb.Error as error:
             raise CatalogError(_explain(con, str(error), Layout.at(store))) from error
+
+
+def _register_remote(con: Any, store: Path, sql: str) -> None:
+    """The mirror's Parquet outputs as Arrow datasets (DuckDB's httpfs cannot be installed
+    offline); only for queries that name them, since listing the mirror costs requests."""
+    mirror = store_mirror(store) if "remote_" in sql.lower() else None
+    for name, dataset in (mirror.datasets() if mirror else {}).items():
+        con.register(name, dataset)
 
 
 def _explain(con: Any, message: str, layout: Layout) -> str:
@@ -654,6 +697,11 @@ def _hint(name: str, layout: Layout, mlflow_status: str) -> str:
         return f"no complete token shards for {name} yet: {run} (the tokenize stage writes them)"
     if name == "results":
         return f"no result rows under {layout.results} yet: {run} (the transfer stage writes them)"
+    if name.startswith("remote_"):
+        return (
+            f"no complete {name.removeprefix('remote_')} output on the store's mirror: set "
+            f"storage.remote in the spec and {run} (it records the mirror in {layout.store})"
+        )
     if name in (*MLFLOW_TABLES, "metrics_latest"):
         return (
             f"MLflow tables are missing (MLflow {mlflow_status}): give the tracking URI (--spec or "

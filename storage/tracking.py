@@ -208,8 +208,11 @@ def log_spec(spec_dict: Mapping[str, Any], artifact_file: str = "spec.yaml") -> 
     return params
 
 
-def log_metrics_safe(metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
-    """Log only the finite numbers of `metrics` on the active run; returns what was logged.
+def log_metrics_safe(
+    metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None
+) -> dict[str, float]:
+    """Log only the finite numbers of `metrics` on the active run (or on `run_id`, from a process
+    that must not reopen the run, e.g. a torchrun rank); returns what was logged.
 
     NaN/inf (a diverged loss) and non-numbers (None, strings, flags) are skipped instead of
     failing the stage; numpy and 0-d torch scalars are accepted.
@@ -220,7 +223,7 @@ def log_metrics_safe(metrics: Mapping[str, Any], step: int | None = None) -> dic
         if number is not None and math.isfinite(number):
             clean[_BAD_PARAM_CHARS.sub("_", str(key))] = number
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        mlflow.log_metrics(clean, step=step, run_id=run_id)
     return clean
 
 

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 import pipelines.ingest as ingest_lib
 from pretrainlab.config import SourceSpec, Spec
-from storage import demo_data
+from storage import demo_data, remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
@@ -32,14 +32,16 @@ class CorpusPlan:
         return read_manifest(self.directory) is not None
 
 
-def _source_input(source: SourceSpec, data_dir: str | None) -> ingest_lib.SourceInput:
+def _source_input(
+    source: SourceSpec, data_dir: str | None, object_store: remote.ObjectStore
+) -> ingest_lib.SourceInput:
     if source.dataset is not None:
         files = demo_data.dataset_files(source.dataset, Path(data_dir) if data_dir else None)
         fmt = demo_data.dataset_format(source.dataset) if source.format == "auto" else source.format
         text_field = demo_data.dataset_text_field(source.dataset) or source.text_field
         label = f"dataset:{source.dataset}"
     else:
-        files = ingest_lib.resolve_paths(source.path)
+        files = ingest_lib.resolve_paths(source.path, object_store)
         fmt, text_field, label = source.format, source.text_field, source.path
     return ingest_lib.SourceInput(
         paths=list(files),
@@ -53,7 +55,8 @@ def _source_input(source: SourceSpec, data_dir: str | None) -> ingest_lib.Source
 
 def source_inputs(spec: Spec) -> list[ingest_lib.SourceInput]:
     """Resolve every source of the spec to files; fails with the path that matched nothing."""
-    return [_source_input(source, spec.data_dir) for source in spec.corpus.sources]
+    object_store = remote.ObjectStore.from_spec(spec)
+    return [_source_input(source, spec.data_dir, object_store) for source in spec.corpus.sources]
 
 
 def ingest_settings(spec: Spec) -> ingest_lib.IngestSettings:
@@ -101,6 +104,7 @@ def plan_corpus(spec: Spec) -> CorpusPlan:
 def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
     """Stream the sources into Parquet parts, or reuse the complete corpus with this id."""
     log = stage_logger()
+    remote.sync(spec, plan.directory)  # pull a complete corpus from the mirror (fails fast)
     cached = read_manifest(plan.directory)
     if cached is not None:
         log.info(f"corpus {plan.corpus_id} is cached at {plan.directory}: nothing to ingest")
@@ -120,6 +124,7 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
             "mb_per_s": round(stats["bytes_read"] / 1e6 / max(seconds, 1e-9), 3),
         }
         write_manifest(tmp, manifest)
+    remote.sync(spec, plan.directory)  # push to the mirror
     log.info(
         f"corpus {plan.corpus_id}: {stats['docs_written']:,} docs written, "
         f"{stats['duplicates']:,} duplicates, {stats['rejected']:,} rejected "

@@ -8,6 +8,7 @@ so a killed run resumes both; the model counts as done only once `_manifest.json
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -17,12 +18,14 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+import pipelines.adaptation as adaptation
 import pipelines.pretraining as pretraining
 from pretrainlab.config import PretrainlabError, Spec
 from storage import registry, tracking
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
+from tasks import launch
 from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
 
@@ -84,9 +87,10 @@ def _planned_steps(spec: Spec, family: str) -> int:
     return section.epochs if family == "word2vec" else section.loop.max_steps
 
 
-def _metrics_logger(spec: Spec, family: str):
+def _metrics_logger(spec: Spec, family: str, planned: int | None = None):
     """Metrics to MLflow; a progress line (step, loss, throughput, ETA) to the run's log."""
-    planned, started, logger = _planned_steps(spec, family), time.monotonic(), stage_logger()
+    planned = _planned_steps(spec, family) if planned is None else planned
+    started, logger = time.monotonic(), stage_logger()
     unit = "epoch" if family == "word2vec" else "step"
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -114,6 +118,7 @@ def pretrain_family(
     if cached is not None:
         stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
         return {**cached, "cache_hit": True}
+    launch.check_launch(spec)  # a world size this machine cannot run fails before any work
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     open_tracking(spec)
@@ -143,7 +148,10 @@ def pretrain_family(
                 budget.tokens,
                 budget.minutes,
             )
-            summary = pretraining.pretrain(spec, job, _metrics_logger(spec, family))
+            if launch.uses_torchrun(spec, family):  # rank 0 logs into this run
+                summary = launch.run_torchrun(spec, job, run.info.run_id, spec.tracking_uri())
+            else:
+                summary = pretraining.pretrain(spec, job, _metrics_logger(spec, family))
             if summary["stopped_reason"] in INTERRUPTED:
                 mlflow.end_run(status="KILLED")  # resumable: the next run continues this one
                 raise PretrainInterrupted(
@@ -179,5 +187,113 @@ def pretrain_family(
     stage_logger().info(
         f"{family}: registered {version.name} v{version.version} "
         f"({summary['headline_metric']} = {summary['headline_value']})"
+    )
+    return {**manifest, "cache_hit": False}
+
+
+# ----------------------------------------------------------------------------- domain adaptation
+
+
+def architecture(model: dict[str, Any]) -> str:
+    """The code paths a model runs through; a pretrained family's name is its architecture."""
+    return model.get("architecture") or model["family"]
+
+
+def adapt_key(spec: Spec, parent: dict[str, Any], texts: tuple[str, ...]) -> str:
+    """Parent model + the task's texts + the adaptation settings + the code that trains."""
+    arch = architecture(parent)
+    settings = spec.transfer.adapt.model_dump(mode="json", exclude={"families", "tasks"})
+    return stable_hash(
+        {
+            "parent": parent["model_key"],
+            "texts": adaptation.texts_fingerprint(texts),
+            "adapt": settings,
+            "family": getattr(spec.pretrain, arch).model_dump(mode="json"),
+            "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
+            "code": code_hash([*pretraining.CODE[arch], adaptation]),
+        }
+    )
+
+
+def adapted_alias(task_name: str) -> str:
+    """`adapted-<task>`: a registry alias per task (MLflow aliases allow [A-Za-z0-9_-])."""
+    return "adapted-" + re.sub(r"[^A-Za-z0-9_-]", "-", task_name)
+
+
+@task(name="adapt", task_run_name="adapt-{name}/{data.name}", cache_policy=NO_CACHE)
+def adapt_model(spec: Spec, data: Any, name: str, parent: dict[str, Any]) -> dict[str, Any]:
+    """Continue `name`'s LM pretraining on the task's texts (ULMFiT), or reuse it; register the
+    result as a new version of the parent's registered model, its parent recorded in tags."""
+    arch = architecture(parent)
+    texts = adaptation.task_texts(data)
+    out = Layout.at(spec.store).model(f"{name}+adapt", adapt_key(spec, parent, texts))
+    cached = read_manifest(out)
+    if cached is not None:
+        stage_logger().info(f"{name}+adapt on {data.name}: cached (version {cached['version']})")
+        return {**cached, "cache_hit": True}
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    open_tracking(spec)
+    settings = spec.transfer.adapt
+    tags = {
+        "stage": "adapt",
+        "family": f"{name}+adapt",
+        "architecture": arch,
+        "parent_family": name,
+        "parent_version": parent["version"],
+        "parent_run_id": parent["run_id"],
+        "parent_model_key": parent["model_key"],
+        "adapted_on": data.name,
+        "task_texts": adaptation.texts_fingerprint(texts),
+        "git_sha": git_sha(),
+        "model_key": out.name,
+    }
+    resumed = _run_id(work)
+    with tracking.start_stage_run(
+        spec.experiment, f"adapt-{name}/{data.name}", tags, run_id=resumed
+    ) as run:
+        write_json(work / "run.json", {"run_id": run.info.run_id})
+        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
+            job = adaptation.AdaptJob(
+                arch, Path(parent["model_dir"]), texts, work, model_tmp,
+                settings.max_steps, settings.lr,
+            )
+            logger = _metrics_logger(spec, arch, planned=settings.max_steps)
+            summary = adaptation.adapt(spec, job, logger)
+            if summary["stopped_reason"] in INTERRUPTED:
+                mlflow.end_run(status="KILLED")
+                raise PretrainInterrupted(
+                    f"{name}+adapt: stopped ({summary['stopped_reason']}) at its checkpoint in "
+                    f"{work}; re-run to resume"
+                )
+            write_manifest(model_tmp, {"family": arch})
+        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
+        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        run_id = run.info.run_id
+    version = registry.register(
+        parent["registered_name"], run_id, MODEL_SUBDIR,
+        tags={**tags, "valid_loss": f"{summary['valid_loss']}",
+              "parent_valid_loss": f"{summary['parent_valid_loss']}"},
+        alias=adapted_alias(data.name),
+    )
+    manifest = {
+        "family": f"{name}+adapt",
+        "architecture": arch,
+        "model_key": out.name,
+        "model_dir": str(out / MODEL_SUBDIR),
+        "run_id": run_id,
+        "registered_name": version.name,
+        "version": version.version,
+        "parent_version": parent["version"],
+        "parent_run_id": parent["run_id"],
+        "adapted_on": data.name,
+        "summary": summary,
+        "output": str(out / MODEL_SUBDIR),
+    }
+    write_manifest(out, manifest)
+    stage_logger().info(
+        f"{name}+adapt on {data.name}: registered {version.name} v{version.version} "
+        f"(parent v{parent['version']}); task-text valid loss "
+        f"{summary['parent_valid_loss']:.3f} -> {summary['valid_loss']:.3f}"
     )
     return {**manifest, "cache_hit": False}

@@ -8,7 +8,7 @@ from typing import Any
 
 import mlflow
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.report as report_lib
@@ -16,7 +16,7 @@ from pretrainlab.config import Spec
 from storage import catalog, tracking
 from storage.layout import Layout
 from tasks.progress import stage_logger
-from tasks.tracking import open_tracking
+from tasks.tracking import artifact_key, mlflow_run_link, open_tracking
 
 
 @task(name="build-report", cache_policy=NO_CACHE)
@@ -44,6 +44,17 @@ def build_report(spec: Spec) -> dict[str, Any]:
         markdown=f"# What is pretraining worth? ({spec.experiment})\n\n{claims}\n\n"
         f"Full report: `{result.html_path}` (MLflow run `{run_id}`)\n\n"
         + markdown.split("\n", 1)[-1][:50_000],
+    )
+    create_table_artifact(
+        key=artifact_key(spec.experiment, "report-claims"),
+        table=[{"claim": c.name, "verdict": c.verdict, "evidence": c.line} for c in result.claims],
+        description=f"pretrainlab report: {spec.experiment}: claims and verdicts",
+    )
+    create_link_artifact(
+        key=artifact_key(spec.experiment, "report-mlflow-run"),
+        link=mlflow_run_link(run_id),
+        link_text=f"MLflow run {run_id} (report files under artifacts/report)",
+        description=f"pretrainlab report: {spec.experiment}: the MLflow run",
     )
     for claim in result.claims:
         stage_logger().info(f"{claim.verdict}: {claim.line}")

@@ -20,6 +20,7 @@ from storage.atomic import is_complete, write_json
 from storage.hashing import sha256_file, source_tree_hash, stable_hash
 from storage.layout import Layout
 
+STAGES: tuple[str, ...] = ("ingest", "tokenize", "pretrain", "transfer", "report")
 PACKAGES = ("pretrainlab", "flows", "tasks", "pipelines", "storage")
 VOLATILE = {"cache_hit", "mlflow_run_id", "seconds", "output"}
 
@@ -51,6 +52,17 @@ def stage_outputs(spec: Spec, stage: str, result: dict[str, Any]) -> list[str]:
     if stage == "transfer":
         return result_files(spec)
     return [result["output"]]
+
+
+def upstream(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any]) -> Any:
+    """What a stage consumes from the stages before it (the part of its key they decide)."""
+    if stage in ("ingest", "tokenize"):
+        return corpus_id
+    if stage == "pretrain":
+        return results["tokenize"]["families"]
+    if stage == "transfer":
+        return results["pretrain"]["families"]
+    return {"models": results["pretrain"]["families"], "results": result_files(spec)}
 
 
 def stage_key(spec: Spec, stage: str, upstream: Any) -> str:
@@ -97,3 +109,15 @@ def record_stage(spec: Spec, stage: str, key: str, result: dict[str, Any],
     """Remember a completed stage's result (written atomically, last)."""
     write_json(Layout.at(spec.store).stamp(stage, spec.experiment),
                {"key": key, "result": result, "outputs": [_state(o) for o in sorted(set(outputs))]})
+
+
+def up_to_date(spec: Spec, stages: Iterable[str], corpus_id: str) -> dict[str, Any] | None:
+    """Every stage's recorded result when all of them would be skipped, else None: lets the
+    CLI answer an unchanged re-run without starting an orchestrator at all."""
+    results: dict[str, Any] = {}
+    for stage in stages:
+        key = stage_key(spec, stage, upstream(spec, stage, corpus_id, results))
+        if (hit := cached_stage(spec, stage, key)) is None:
+            return None
+        results[stage] = hit
+    return results

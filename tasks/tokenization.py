@@ -10,17 +10,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 
 import pipelines.encoding as encoding_lib
 import pipelines.sentences as sentences_lib
 import pipelines.tokenizer_training as tokenizer_lib
 from pretrainlab.config import Spec
+from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
@@ -101,6 +105,8 @@ def _quarantine_if_corrupt(directory: Path) -> None:
 def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
     """Reuse the tokenizer these inputs produced before, or train one on the train split."""
     layout = Layout.at(spec.store)
+    index = layout.tokenizer_index(_training_key(spec, name, corpus_id))
+    remote.sync_pointer(spec, index, layout.tokenizer)  # pull the mirror's tokenizer, if any
     plan = plan_tokenizer(spec, name, corpus_id)
     if plan.tokenizer_id is not None:
         stage_logger().info(f"{name} tokenizer {plan.tokenizer_id} is cached: not retrained")
@@ -136,6 +142,7 @@ def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
                 },
             )
     write_json(index, {"tokenizer_id": tokenizer_id, "corpus_id": corpus_id, "family": name})
+    remote.sync_pointer(spec, index, layout.tokenizer)  # push the tokenizer, then its index
     stats = tokenizer_lib.vocab_stats(settings, trained)
     return {
         "name": name,
@@ -147,41 +154,88 @@ def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
     }
 
 
-@task(name="encode-corpus", task_run_name="encode-corpus/{name}", cache_policy=NO_CACHE)
-def encode_corpus(spec: Spec, name: str, corpus_id: str, tokenizer_id: str) -> dict[str, Any]:
-    """Sentence-split and encode the corpus into token shards, or reuse complete ones."""
-    layout = Layout.at(spec.store)
-    out = layout.tokens(tokenizer_id, encoding_id(spec, corpus_id))
+def encoding_output(spec: Spec, corpus_id: str, tokenizer_id: str) -> Path:
+    return Layout.at(spec.store).tokens(tokenizer_id, encoding_id(spec, corpus_id))
+
+
+def cached_encoding(
+    spec: Spec, name: str, corpus_id: str, tokenizer_id: str
+) -> dict[str, Any] | None:
+    """The manifest of complete token shards for these inputs (a cache hit), else None."""
+    out = encoding_output(spec, corpus_id, tokenizer_id)
+    remote.sync(spec, out)  # pull complete shards from the mirror (or push local ones)
     cached = read_manifest(out)
-    if cached is not None:
-        stage_logger().info(f"{name} token shards are cached at {out}")
-        return {**cached, "cache_hit": True}
-    corpus_dir = layout.corpus(corpus_id)
-    parts = len(tokenizer_lib.corpus_parts(corpus_dir))
+    if cached is None:
+        return None
+    stage_logger().info(f"{name} token shards are cached at {out}")
+    return {**cached, "output": str(out), "cache_hit": True}
+
+
+@dataclass(frozen=True)
+class EncodingJob:
+    """One family's encoding: its shard plan (shipped to workers) and its final directory."""
+
+    name: str
+    corpus_id: str
+    output: Path
+    plan: encoding_lib.EncodingPlan
+
+
+def plan_encoding(spec: Spec, name: str, corpus_id: str, tokenizer_id: str) -> EncodingJob:
+    layout = Layout.at(spec.store)
+    plan = encoding_lib.plan_encoding(
+        layout.corpus(corpus_id),
+        layout.tokenizer(tokenizer_id),
+        name,
+        spec.tokenizers.max_sentence_tokens,
+    )
+    return EncodingJob(name, corpus_id, encoding_output(spec, corpus_id, tokenizer_id), plan)
+
+
+@task(name="encode-shard", task_run_name="encode-shard/{name}/{index}", cache_policy=NO_CACHE)
+def encode_shard(
+    plan: encoding_lib.EncodingPlan, index: int, staging: str, name: str
+) -> dict[str, Any]:
+    """Encode one corpus part into the staging directory, on whichever worker runs it."""
     started = time.perf_counter()
-    with (
-        atomic_dir(out) as tmp,
-        ProgressReporter(f"encode {name}", total=parts, unit="parts", items="parts") as progress,
-    ):
-        stats = encoding_lib.encode_corpus(
-            corpus_dir,
-            layout.tokenizer(tokenizer_id),
-            tmp,
-            name,
-            spec.tokenizers.max_sentence_tokens,
-            progress=lambda done, total: progress(done, done),
-        )
-        seconds = time.perf_counter() - started
-        manifest = {
-            **stats,
-            "name": name,
-            "corpus_id": corpus_id,
-            "output": str(out),
-            "seconds": round(seconds, 3),
-            "tokens_per_s": round(stats["tokens"] / max(seconds, 1e-9), 1),
-        }
-        write_manifest(tmp, manifest)
-    return {**manifest, "cache_hit": False}
+    counts = encoding_lib.encode_part(plan, index, staging)
+    return {"name": name, "counts": counts, "seconds": time.perf_counter() - started}
+
+
+@contextmanager
+def encoding_staging(jobs: list[EncodingJob]) -> Iterator[list[Path]]:
+    """One staging directory per job, each renamed onto its output only if all succeed."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_dir(job.output)) for job in jobs]
+
+
+def collect_shards(jobs: list[EncodingJob], futures: list[PrefectFuture]) -> list[dict[str, Any]]:
+    """Every shard's result, in submission order. Waits for all shards before raising the first
+    error, so no worker still writes into a staging directory that is being removed."""
+    label = "encode " + ", ".join(job.name for job in jobs)
+    with ProgressReporter(label, total=len(futures), unit="parts", items="parts") as progress:
+        for done, _ in enumerate(as_completed(futures), start=1):
+            progress(done, done)
+    return [future.result() for future in futures]
+
+
+def finish_encoding(job: EncodingJob, staging: Path, shards: list[dict[str, Any]]) -> dict:
+    """Summarise the job's shards and write the manifest: its staging directory is complete.
+
+    `seconds` is the shards' summed encoding time (on whichever workers ran them)."""
+    mine = [shard for shard in shards if shard["name"] == job.name]
+    stats = encoding_lib.summarise(job.plan, [shard["counts"] for shard in mine])
+    seconds = sum(shard["seconds"] for shard in mine)
+    manifest = {
+        **stats,
+        "name": job.name,
+        "corpus_id": job.corpus_id,
+        "output": str(job.output),
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(stats["tokens"] / max(seconds, 1e-9), 1),
+    }
+    write_manifest(staging, manifest)
+    return manifest
 
 
 @task(name="record-tokenization", cache_policy=NO_CACHE)
@@ -189,6 +243,8 @@ def record_tokenization(
     spec: Spec, corpus_id: str, tokenizers: list[dict[str, Any]], shards: list[dict[str, Any]]
 ) -> str:
     """One MLflow run with each family's vocabulary and token statistics."""
+    for tok in tokenizers:  # the encoded shards are complete now: push them to the mirror
+        remote.sync(spec, encoding_output(spec, corpus_id, tok["tokenizer_id"]))
     metrics: dict[str, float] = {}
     for tok, shard in zip(tokenizers, shards, strict=True):
         name = tok["name"]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.entities import Metric
@@ -21,14 +22,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.baselines as baselines_lib
+import pipelines.checkpoints as checkpoints_lib
 import pipelines.heads as heads_lib
 import pipelines.task_data as task_data_lib
 import pipelines.transfer as transfer_lib
-from pretrainlab.config import Spec, TaskSpec
-from storage import tracking
-from storage.atomic import write_parquet
+from pretrainlab.config import CheckpointSpec, Spec, TaskSpec
+from storage import registry, remote, tracking
+from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parquet
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
+from tasks.pretrain import MODEL_SUBDIR, architecture, git_sha
 from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
 
@@ -39,6 +42,7 @@ RESULT_SCHEMA = pa.schema([
     ("metric", pa.string()), ("value", pa.float64()), ("layer", pa.int32()),
 ])
 CODE = [transfer_lib, heads_lib, task_data_lib]
+ROWS_VERSION = 2  # 2: dev rows carry metric "step" (optimizer steps by the end of each epoch)
 Item = tuple[int, str, str, float, int | None]  # epoch, split, metric, value, layer
 Point = tuple[str, float | None, int]  # metric, value, step
 
@@ -80,6 +84,7 @@ def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
         MlflowClient().log_batch(run.info.run_id, metrics=metrics)
         run_id = run.info.run_id
     write_parquet(path, _rows({"run_id": run_id, **base}, items))
+    remote.sync(spec, path)  # push the result rows to the store's mirror, if any
     return {"cache_hit": False, "rows": len(items), "run_id": run_id}
 
 
@@ -130,6 +135,12 @@ def _config(spec: Spec, mode: str, lr: float, seed: int) -> transfer_lib.Transfe
                                        batch_size=t.batch_size, max_len=t.max_len, seed=seed)
 
 
+def _sweep_settings(spec: Spec) -> dict[str, Any]:
+    """The sweep settings a result depends on (not the task list, checkpoints or adaptation:
+    those change which models exist, and each model has its own key)."""
+    return spec.transfer.model_dump(mode="json", exclude={"tasks", "checkpoints", "adapt"})
+
+
 def _features_dir(spec: Spec, family: str) -> Path:
     return Layout.at(spec.store).store / "features" / family
 
@@ -144,15 +155,15 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
     grid = spec.transfer.lrs[grid_key(mode)]
     key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
                        "mode": mode, "budget": budget, "seed": seed, "grid": grid,
-                       "transfer": spec.transfer.model_dump(mode="json", exclude={"tasks"}),
+                       "transfer": _sweep_settings(spec), "rows": ROWS_VERSION,
                        "code": code_hash(CODE)})
     path = _result_path(spec, data.name, key)
     if (cached := _cached(path)) is not None:
         return cached
     train = task_data_lib.take_budget(data.train, budget, seed)
     started = time.perf_counter()
-    trials = {lr: transfer_lib.run_transfer(family, Path(model["model_dir"]), data, train,
-                                            _config(spec, mode, lr, seed),
+    trials = {lr: transfer_lib.run_transfer(architecture(model), Path(model["model_dir"]), data,
+                                            train, _config(spec, mode, lr, seed),
                                             _features_dir(spec, family))
               for lr in grid}
     headline = _headline(data)
@@ -165,8 +176,10 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
     points += [(f"mix_weight_{i}", w, 0) for i, w in mix]
     points += [(f"grid_dev_{headline}_lr_{lr:g}", t.dev.get(headline), 0)
                for lr, t in trials.items()]
+    points += [("dev_step", float(p.step), p.epoch) for p in best.curve]
     items: list[Item] = [(p.epoch, "dev", k, v, None) for p in best.curve
                          for k, v in p.metrics.items()]
+    items += [(p.epoch, "dev", "step", float(p.step), None) for p in best.curve]
     items += [(best.best_epoch, "test", k, v, None) for k, v in best.test.items()]
     items += [(best.best_epoch, "mix", "weight", w, i) for i, w in mix]
     tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
@@ -216,12 +229,11 @@ def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
     lr = spec.transfer.lrs["frozen"][0]
     key = "probe-" + stable_hash({
         "task": data.fingerprint, "family": family, "model": model["model_key"], "lr": lr,
-        "transfer": spec.transfer.model_dump(mode="json", exclude={"tasks"}),
-        "code": code_hash(CODE)})
+        "transfer": _sweep_settings(spec), "code": code_hash(CODE)})
     if (cached := _cached(_result_path(spec, data.name, key))) is not None:
         return cached
-    scores = transfer_lib.probe_layers(family, Path(model["model_dir"]), data, data.train,
-                                       _config(spec, "frozen", lr, 0),
+    scores = transfer_lib.probe_layers(architecture(model), Path(model["model_dir"]), data,
+                                       data.train, _config(spec, "frozen", lr, 0),
                                        _features_dir(spec, family))
     return _per_layer(spec, data, family, model, "probe", scores, data.name, key, lr)
 
@@ -234,6 +246,60 @@ def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
                        "max_len": spec.transfer.max_len, "code": code_hash(CODE)})
     if (cached := _cached(_result_path(spec, "polysemy", key))) is not None:
         return cached
-    scores = transfer_lib.polysemy_similarity(family, Path(model["model_dir"]), data,
+    scores = transfer_lib.polysemy_similarity(architecture(model), Path(model["model_dir"]), data,
                                               spec.transfer.max_len, _features_dir(spec, family))
     return _per_layer(spec, data, family, model, "frozen", scores, "polysemy", key, 0.0)
+
+
+# ----------------------------------------------------------------------------- your checkpoints
+
+
+def checkpoint_key(spec: Spec, info: checkpoints_lib.CheckpointInfo, name: str) -> str:
+    return stable_hash({"content": info.content_hash, "name": name,
+                        "registered_name": registry.registered_name(spec.experiment, name),
+                        "code": code_hash([checkpoints_lib])})
+
+
+@task(name="checkpoint", task_run_name="checkpoint-{checkpoint.name}", cache_policy=NO_CACHE)
+def register_checkpoint(spec: Spec, checkpoint: CheckpointSpec) -> dict[str, Any]:
+    """Import a user's Hugging Face checkpoint into the store (once per content) and register it
+    as `<experiment>-<name>`, tagged with its source path and content hash."""
+    info = checkpoints_lib.inspect_checkpoint(checkpoint.path)
+    out = Layout.at(spec.store).model(checkpoint.name, checkpoint_key(spec, info, checkpoint.name))
+    cached = read_manifest(out)
+    if cached is not None:
+        stage_logger().info(f"checkpoint {checkpoint.name}: cached (version {cached['version']})")
+        return {**cached, "cache_hit": True}
+    open_tracking(spec)
+    tags = {"stage": "checkpoint", "family": checkpoint.name, "architecture": info.architecture,
+            "model_type": info.model_type, "source_path": str(info.path),
+            "content_hash": info.content_hash, "git_sha": git_sha(), "model_key": out.name}
+    with tracking.start_stage_run(spec.experiment, f"checkpoint-{checkpoint.name}", tags) as run:
+        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
+            summary = checkpoints_lib.import_checkpoint(info, model_tmp)
+            write_manifest(model_tmp, {"family": info.architecture})
+        tracking.log_metrics_safe({"n_params": summary["n_params"],
+                                   "vocab_size": summary["vocab_size"]})
+        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        run_id = run.info.run_id
+    version = registry.register(registry.registered_name(spec.experiment, checkpoint.name),
+                                run_id, MODEL_SUBDIR, tags=tags)
+    manifest = {"family": checkpoint.name, "architecture": info.architecture,
+                "model_key": out.name, "model_dir": str(out / MODEL_SUBDIR), "run_id": run_id,
+                "registered_name": version.name, "version": version.version,
+                "summary": summary, "output": str(out / MODEL_SUBDIR)}
+    write_manifest(out, manifest)
+    stage_logger().info(f"checkpoint {checkpoint.name} ({info.model_type} from {info.path}): "
+                        f"registered {version.name} v{version.version}")
+    return {**manifest, "cache_hit": False}
+
+
+def adaptation_parent(models: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    """The model `transfer.adapt.families` names, or a clear error."""
+    if name not in models:
+        raise heads_lib.TransferError(
+            f"transfer.adapt.families names {name!r}, but no such model was pretrained or "
+            f"imported (available: {', '.join(sorted(models)) or 'none'}); add it to "
+            "pretrain.families or transfer.checkpoints"
+        )
+    return models[name]

@@ -15,12 +15,14 @@ from tasks import stamps
 def make_spec(tmp_path: Path, **transfer):
     (tmp_path / "train.csv").write_text("text,label\ngood film,1\nbad film,0\n", encoding="utf-8")
     task = {"name": "mine", "kind": "classify", "train": str(tmp_path / "train.csv")}
-    return spec_from_dict({
-        "experiment": "stamps",
-        "store": str(tmp_path / "store"),
-        "corpus": {"sources": [{"path": str(tmp_path / "corpus.txt")}]},
-        "transfer": {"tasks": [task], **transfer},
-    })
+    return spec_from_dict(
+        {
+            "experiment": "stamps",
+            "store": str(tmp_path / "store"),
+            "corpus": {"sources": [{"path": str(tmp_path / "corpus.txt")}]},
+            "transfer": {"tasks": [task], **transfer},
+        }
+    )
 
 
 @pytest.fixture

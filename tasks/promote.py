@@ -1,0 +1,104 @@
+"""The pipeline's optional last step: downstream scores onto the pretrain runs, then `champion`.
+
+Publishing is always cheap (one catalog query, one MLflow batch per changed run) and makes
+MLflow's compare view show what each pretrained model is worth; moving the alias happens only
+when the spec's `promote.enabled` says so, by the rule the spec states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pretrainlab.config import PromoteSpec, Spec
+from storage import catalog, registry, versions
+from storage.layout import Layout
+from tasks.progress import stage_logger
+from tasks.tracking import artifact_key, open_tracking
+
+
+def rule_from_spec(section: PromoteSpec) -> versions.Rule:
+    return versions.Rule(
+        mode=section.mode,
+        budget=str(section.budget),
+        tasks=tuple(section.tasks),
+        metric=section.metric,
+        aggregate=section.aggregate,
+        margin=section.margin,
+    )
+
+
+def _markdown(
+    spec: Spec, published: int, decisions: list[versions.Decision], skipped: dict[str, str]
+) -> str:
+    lines = [f"# Model versions: {spec.experiment}", ""]
+    lines.append(f"{published} downstream summary metric(s) logged on pretrain runs.")
+    if not decisions:
+        lines.append("\nPromotion is off (`promote.enabled: false`).")
+    for d in decisions:
+        moved = "moved" if d.applied else "unchanged"
+        lines += [
+            "",
+            f"## {d.name}: champion {moved}",
+            "",
+            d.reason,
+            "",
+            f"Rule: {d.rule.describe()}",
+        ]
+        lines += ["", "| version | score |", "|---|---|"]
+        lines += [f"| v{n} | {score:.4f} |" for n, score in sorted(d.scores.items())]
+    lines += [f"\n## {name}: not ranked\n\n{why}" for name, why in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+@task(name="promote", task_run_name="promote/{spec.experiment}", cache_policy=NO_CACHE)
+def promote_versions(spec: Spec, families: list[str] | None = None) -> dict[str, Any]:
+    """Log downstream summaries on each version's run; move `champion` if the spec enables it."""
+    open_tracking(spec)
+    store, uri = Layout.at(spec.store).store, spec.tracking_uri()
+    catalog.refresh(store, uri)
+    published = versions.publish_downstream(store, uri, refresh=False)
+    decisions, skipped = [], {}
+    if spec.promote.enabled:
+        rule = rule_from_spec(spec.promote)
+        for family in families or spec.pretrain.families:
+            name = registry.registered_name(spec.experiment, family)
+            try:
+                decision = versions.promote(store, name, rule, uri, refresh=False)
+            except versions.VersionError as error:  # e.g. a family the sweep did not transfer
+                stage_logger().warning(f"{name}: not ranked: {error}")
+                skipped[name] = str(error)
+                continue
+            stage_logger().info(f"{name}: {decision.reason}")
+            decisions.append(decision)
+        if skipped and not decisions:  # the rule matches nothing: a mistake worth failing on
+            raise versions.VersionError("; ".join(skipped.values()))
+    create_markdown_artifact(
+        key=artifact_key(spec.experiment, "promote"),
+        markdown=_markdown(spec, published, decisions, skipped),
+        description=f"model versions of {spec.experiment}: downstream metrics and champions",
+    )
+    if decisions:
+        create_table_artifact(
+            key=artifact_key(spec.experiment, "champions"),
+            table=[
+                {
+                    "model": d.name,
+                    "champion": d.best if d.applied else d.champion,
+                    "moved": d.applied,
+                    "reason": d.reason,
+                }
+                for d in decisions
+            ],
+            description="champion alias per registered model after this run",
+        )
+    return {
+        "published_metrics": published,
+        "decisions": [{**d.record(), "name": d.name, "applied": d.applied} for d in decisions],
+        "skipped": skipped,
+        "cache_hit": False,
+        "output": f"{published} metric(s) published, {sum(d.applied for d in decisions)} promoted",
+    }

@@ -1,0 +1,133 @@
+"""The Prefect task runner the spec asks for: where per-shard tasks run.
+
+`compute.runner: thread` (default) keeps shards in this process; `dask` hands them to a Dask
+cluster (a local one of `n_workers` processes, or an existing scheduler at `address`) through
+prefect-dask; `ray` to a Ray cluster through prefect-ray, an optional extra imported only when
+asked for. A cluster that cannot be reached fails here, in seconds and naming the address,
+before any shard is encoded.
+
+Workers in other processes report their task runs to the Prefect API. A local Dask cluster is
+handed this process's API URL (the ephemeral server `pretrainlab run` starts included); workers
+of an existing cluster must reach a real server, so there `PREFECT_API_URL` must be set.
+"""
+
+from __future__ import annotations
+
+import socket
+import urllib.parse
+
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from pretrainlab.config import ComputeSpec, PretrainlabError
+
+CONNECT_TIMEOUT_S = 5.0
+DASK_DEFAULT_PORT = 8786
+
+
+class RunnerError(PretrainlabError, RuntimeError):
+    """A task runner that cannot start; the message names the setting, the address and the fix."""
+
+
+def scheduler_endpoint(address: str) -> tuple[str, int]:
+    """(host, port) of a Dask scheduler address: `tcp://host:port`, `tls://…` or `host:port`."""
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    if parsed.scheme not in ("tcp", "tls") or not parsed.hostname:
+        raise RunnerError(
+            f"compute.dask.address {address!r}: expected tcp://HOST:PORT (or tls://HOST:PORT), "
+            "e.g. tcp://10.0.0.5:8786"
+        )
+    try:
+        port = parsed.port or DASK_DEFAULT_PORT
+    except ValueError:
+        raise RunnerError(f"compute.dask.address {address!r}: the port is not a number") from None
+    return parsed.hostname, port
+
+
+def check_scheduler(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when nothing listens at the scheduler's address (a TCP connect, no Dask call)."""
+    host, port = scheduler_endpoint(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise RunnerError(
+            f"compute.dask.address {address}: no Dask scheduler answers at {host}:{port} "
+            f"({reason}). Start one there (`dask scheduler --port {port}` plus "
+            "`dask worker <address>` on each machine), fix the address, or remove it to run a "
+            "local cluster"
+        ) from None
+
+
+def current_api_url() -> str:
+    """The Prefect API this process reports to, an ephemeral server included."""
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
+def _require_api_server(setting: str, address: str | None) -> None:
+    """Workers elsewhere cannot reach this process's ephemeral API: ask for a real server."""
+    if not PREFECT_API_URL.value():
+        raise RunnerError(
+            f"{setting} {address or '(local)'}: the cluster's workers report to Prefect, but "
+            "PREFECT_API_URL is not set (this run uses a private ephemeral API). Start a Prefect "
+            "server (`make up`), export PREFECT_API_URL here and on every worker, and re-run"
+        )
+
+
+def _ray_runner_class() -> type[TaskRunner]:
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError:
+        raise RunnerError(
+            "compute.runner is 'ray' but prefect-ray is not installed: "
+            "`pip install prefect-ray` on this machine (and every Ray node), or use runner: dask"
+        ) from None
+    return RayTaskRunner
+
+
+def check_compute(compute: ComputeSpec) -> None:
+    """Everything that can be checked without starting a cluster: call before heavy work."""
+    if compute.runner == "dask" and compute.dask.address:
+        check_scheduler(compute.dask.address)
+        _require_api_server("compute.dask.address", compute.dask.address)
+    elif compute.runner == "ray":
+        _ray_runner_class()
+        _require_api_server("compute.ray.address", compute.ray.address)
+
+
+def task_runner(compute: ComputeSpec, api_url: str | None = None) -> TaskRunner:
+    """A fresh task runner for `compute` (a runner is entered once per flow run), checked first.
+
+    `api_url`: the Prefect API local Dask workers report to; default this process's."""
+    check_compute(compute)
+    if compute.runner == "ray":
+        ray = _ray_runner_class()
+        return ray(address=compute.ray.address) if compute.ray.address else ray()
+    if compute.runner == "thread":
+        return ThreadPoolTaskRunner(max_workers=compute.threads)
+    from prefect_dask import DaskTaskRunner
+
+    if compute.dask.address:
+        return DaskTaskRunner(address=compute.dask.address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": compute.dask.n_workers,
+            "threads_per_worker": compute.dask.threads_per_worker,
+            "processes": True,
+            "dashboard_address": None,
+            "env": {"PREFECT_API_URL": api_url or current_api_url()},
+        }
+    )
+
+
+def describe(compute: ComputeSpec) -> str:
+    """One line for the logs: which runner, where."""
+    if compute.runner == "dask":
+        where = compute.dask.address or f"local cluster, {compute.dask.n_workers} processes"
+        return f"dask ({where})"
+    if compute.runner == "ray":
+        return f"ray ({compute.ray.address or 'local'})"
+    return f"thread pool ({compute.threads} at once)"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrainlab.config import PretrainlabError
+from storage.atomic import pid_alive
 
 HOST = "127.0.0.1"
 ENV_RUN_DIR = "PRETRAINLAB_RUN_DIR"
@@ -172,13 +173,7 @@ def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)  # no /proc (macOS): existence is all we can tell
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 

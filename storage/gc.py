@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 
 from pretrainlab.config import PretrainlabError
 from storage import catalog
-from storage.atomic import read_manifest
+from storage.atomic import pid_alive, read_manifest
 from storage.layout import Layout
 from storage.tracking import TrackingUnavailable, check_tracking_reachable, redact
 
@@ -232,18 +232,10 @@ def _temp_parents(layout: Layout) -> list[Path]:
     return parents
 
 
-def _pid_alive(rest: str) -> bool:
+def _writer_alive(rest: str) -> bool:
     """A temp directory of atomic_dir names its writer (`<pid>-<random>`): is it still alive?"""
     pid, sep, _ = rest.partition("-")
-    if not (sep and pid.isdigit()):
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(sep and pid.isdigit()) and pid_alive(int(pid))
 
 
 def _temps(layout: Layout) -> list[Output]:
@@ -253,7 +245,7 @@ def _temps(layout: Layout) -> list[Output]:
             match = _TEMP.match(entry.name)
             if match:
                 temp = _output("temp", _node("temp", entry), entry)
-                if entry.is_dir() and _pid_alive(match["rest"]):
+                if entry.is_dir() and _writer_alive(match["rest"]):
                     temp.keep = "its writer is still running"
                 found.append(temp)
     return found

@@ -7,12 +7,13 @@ complete only when its `_manifest.json` exists: it is the last file written.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,30 @@ def read_manifest(directory: str | Path) -> dict[str, Any] | None:
 
 def is_complete(directory: str | Path) -> bool:
     return read_manifest(directory) is not None
+
+
+@contextmanager
+def exclusive(target: str | Path, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Let one process at a time build `target` (e.g. train a model into its work directory):
+    two pipeline runs on one store then wait for each other instead of interleaving checkpoints.
+    An flock is released by the kernel when its holder dies, so a killed run never blocks."""
+    target = Path(target)
+    lock = target.with_name(f".{target.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            if waiting is not None:
+                waiting(f"another run (pid {holder}) is building {target}: waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

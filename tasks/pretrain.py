@@ -22,7 +22,7 @@ import pipelines.adaptation as adaptation
 import pipelines.pretraining as pretraining
 from pretrainlab.config import PretrainlabError, Spec
 from storage import registry, tracking
-from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
+from storage.atomic import atomic_dir, exclusive, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
 from tasks import launch
@@ -114,6 +114,13 @@ def pretrain_family(
 ) -> dict[str, Any]:
     """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
     out = model_dir(spec, family, tokenizer_id, tokens_dir)
+    with exclusive(out, stage_logger().info):  # a concurrent run training it: wait, then reuse
+        return _pretrain_into(spec, family, corpus_id, tokenizer_id, tokens_dir, out)
+
+
+def _pretrain_into(
+    spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str, out: Path
+) -> dict[str, Any]:
     cached = read_manifest(out)
     if cached is not None:
         stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
@@ -224,9 +231,15 @@ def adapted_alias(task_name: str) -> str:
 def adapt_model(spec: Spec, data: Any, name: str, parent: dict[str, Any]) -> dict[str, Any]:
     """Continue `name`'s LM pretraining on the task's texts (ULMFiT), or reuse it; register the
     result as a new version of the parent's registered model, its parent recorded in tags."""
-    arch = architecture(parent)
     texts = adaptation.task_texts(data)
     out = Layout.at(spec.store).model(f"{name}+adapt", adapt_key(spec, parent, texts))
+    with exclusive(out, stage_logger().info):
+        return _adapt_into(spec, data, name, parent, texts, out)
+
+
+def _adapt_into(spec: Spec, data: Any, name: str, parent: dict[str, Any],
+                texts: tuple[str, ...], out: Path) -> dict[str, Any]:
+    arch = architecture(parent)
     cached = read_manifest(out)
     if cached is not None:
         stage_logger().info(f"{name}+adapt on {data.name}: cached (version {cached['version']})")

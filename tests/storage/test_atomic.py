@@ -71,3 +71,31 @@ def test_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path: Path) -> N
 def test_write_json_is_readable_and_sorted(tmp_path: Path) -> None:
     path = write_json(tmp_path / "a" / "b.json", {"b": 1, "a": "é"})
     assert path.read_text(encoding="utf-8").index('"a"') < path.read_text().index('"b"')
+
+
+def test_exclusive_makes_a_second_builder_wait_and_names_the_holder(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from storage.atomic import exclusive
+
+    target = tmp_path / "models" / "gpt" / "abc"
+    order: list[str] = []
+    waited: list[str] = []
+    holding = threading.Event()
+
+    def second() -> None:
+        holding.wait()
+        with exclusive(target, waited.append):
+            order.append("second")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with exclusive(target):
+        holding.set()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # blocked while the first one holds it
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "second"]
+    assert waited == [f"another run (pid {os.getpid()}) is building {target}: waiting for it"]

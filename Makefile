@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint bench data lock clean
+.PHONY: setup demo test lint bench data lock clean up down status deploy screenshots
 
 setup: $(STAMP)
 
@@ -34,11 +34,31 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Each benchmark runs the bare library and pretrainlab on the same work and prints the ratio.
+# Every benchmark (bare library vs pretrainlab on the same work) into one table:
+# benchmarks/RESULTS.md, plus docs/scaling.png. BENCH_ARGS=--quick: a smoke run in a few minutes.
 bench: setup
-	$(BIN)/python -m benchmarks.ingest
-	$(BIN)/python -m benchmarks.tokenization
-	$(BIN)/python -m benchmarks.pretrain
+	$(BIN)/python -m benchmarks.suite $(BENCH_ARGS)
+
+# Operate: Prefect server + a process worker + MLflow server on 127.0.0.1 (logs and pid files in
+# .pretrainlab/run; ports: PRETRAINLAB_PREFECT_PORT=4200, PRETRAINLAB_MLFLOW_PORT=5000).
+up: data
+	$(BIN)/pretrainlab up
+
+down:
+	$(BIN)/pretrainlab down
+
+status:
+	$(BIN)/pretrainlab status
+
+# Register prefect.yaml's deployments (nightly schedule + one per stage) on the server `up` started.
+deploy: setup
+	PREFECT_API_URL=http://127.0.0.1:$${PRETRAINLAB_PREFECT_PORT:-4200}/api \
+	  $(BIN)/prefect --no-prompt deploy --all </dev/null
+
+# README screenshots (not CI): needs `make up`, `make deploy`, one completed pipeline run, and
+# Debian's headless Chromium (apt-get install -y chromium).
+screenshots: setup
+	$(BIN)/pretrainlab screenshots --experiment $${EXPERIMENT:-demo} --out docs/screenshots
 
 # Re-lock after a deliberate upgrade: regenerate constraints.txt from the working venv.
 lock: setup

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import Row, peak_rss_mb, print_rows, write_rows
+
 ROWS_PER_SHARD = 50_000
 WIKI_SAMPLE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WRITE_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 16_384}
@@ -161,17 +163,6 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def peak_rss_mb() -> float:
-    """This process's peak RSS. Linux's ru_maxrss survives exec, so a child started from a big
-    parent would report the parent's peak; VmHWM belongs to the current program only."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def measure(program: str, src: Path, workdir: Path) -> dict:
     out = workdir / f"out-{program}-{src.stem}"
     completed = subprocess.run(
@@ -204,6 +195,36 @@ def report(name: str, result: dict) -> None:
     )
 
 
+def to_rows(results: dict[str, dict], megabytes: float) -> list[Row]:
+    """The table rows: the stage vs the plain script (the goal) and vs pyarrow's copy."""
+    stage, plain, ceiling = results["stage"], results["plain"], results["ceiling"]
+    note = f"{megabytes:.0f} MB, {stage['docs']:,} docs; by CPU time "
+    return [
+        Row(
+            "ingest (vs a plain Python script)",
+            "MB/s",
+            plain["mb_per_s"],
+            stage["mb_per_s"],
+            ">=",
+            0.7,
+            plain["peak_rss_mb"],
+            stage["peak_rss_mb"],
+            note + f"{stage['mb_per_cpu_s'] / plain['mb_per_cpu_s']:.2f}",
+        ),
+        Row(
+            "ingest (vs pyarrow read+write, no checks)",
+            "MB/s",
+            ceiling["mb_per_s"],
+            stage["mb_per_s"],
+            "",
+            0.0,
+            ceiling["peak_rss_mb"],
+            stage["peak_rss_mb"],
+            "the ceiling: a copy without decoding checks, dedup or splits",
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, default=100, help="size of the generated corpus")
@@ -211,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--measure", choices=sorted(PROGRAMS), help=argparse.SUPPRESS)
     parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.measure:
         measure_here(args.measure, args.input, args.out)
@@ -234,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{stage['mb_per_cpu_s'] / plain['mb_per_cpu_s']:.2f} by CPU time (goal >= 1.0); "
             f"stage / ceiling = {stage['mb_per_s'] / results['ceiling']['mb_per_s']:.2f}"
         )
+        rows = to_rows(results, size / 1e6)
+        if args.json:
+            write_rows(rows, args.json)
+            print_rows(rows)
         if args.scale:
             big = workdir / "corpus10x.txt"
             big_size = generate(big, 10 * args.mb, seed=1)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import Row as ResultRow
+from benchmarks.common import peak_rss_mb, reset_peak_rss, write_rows
 from benchmarks.tokenization import real_documents, write_corpus
 from pipelines.encoding import encode_corpus
 from pipelines.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
@@ -303,11 +305,12 @@ def bare_loop(setup: Setup, warmup: int, steps: int, device: torch.device) -> li
 
 
 def pretrainlab_loop(
-    setup: Setup, warmup: int, steps: int, workdir: Path
+    setup: Setup, warmup: int, steps: int, workdir: Path, device: torch.device
 ) -> tuple[list[Stamp], float]:
     """Stamps (taken by its log calls, every step) of `train`, and the model's FLOPs/token."""
     loop = setup.loop.model_copy(
         update={
+            "device": device.type,
             "max_steps": warmup + steps,
             "log_every": 1,
             "eval_every": 10**9,
@@ -353,28 +356,52 @@ def peak_flops(device: torch.device) -> float | None:
 
 def torch_row(
     row: Row, workdir: Path, args: argparse.Namespace, preset: str, steps: int, device: torch.device
-) -> str:
-    """One table line: bare loop vs `train` for one torch family."""
+) -> ResultRow:
+    """Bare loop vs `train` for one torch family: prints the table line, returns the row."""
     tokens_dir, tokenizer_dir = prepare_tokens(row.tokenizer_kind, workdir, args.mb)
     setup = row.setup(tokens_dir, tokenizer_dir, workdir, preset)
     bare_runs: list[list[Stamp]] = []
     loop_runs: list[list[Stamp]] = []
     flops_per_token = 0.0
+    rss = {"bare": 0.0, "loop": 0.0}
     for round_ in range(args.rounds):  # interleaved, first one then the other first
         for contender in ("bare", "loop") if round_ % 2 == 0 else ("loop", "bare"):
+            reset_peak_rss()
             if contender == "bare":
                 bare_runs.append(bare_loop(setup, args.warmup, steps, device))
             else:
-                stamps, flops_per_token = pretrainlab_loop(setup, args.warmup, steps, workdir)
+                stamps, flops_per_token = pretrainlab_loop(
+                    setup, args.warmup, steps, workdir, device
+                )
                 loop_runs.append(stamps)
+            rss[contender] = max(rss[contender], peak_rss_mb())
     per_step = device.type == "cpu"
     bare_wall, bare_cpu = throughput(bare_runs, per_step)
     loop_wall, loop_cpu = throughput(loop_runs, per_step)
     peak = peak_flops(device)
     mfu = f"{flops_per_token * loop_wall / peak:6.1%}" if peak else f"{'-':>6}"
-    return (
+    print(
         f"{row.family:8} {bare_wall:11,.0f} {loop_wall:11,.0f} {loop_wall / bare_wall:6.3f} "
-        f"{bare_cpu:15,.0f} {loop_cpu:15,.0f} {loop_cpu / bare_cpu:6.3f} {mfu}"
+        f"{bare_cpu:15,.0f} {loop_cpu:15,.0f} {loop_cpu / bare_cpu:6.3f} {mfu}",
+        flush=True,
+    )
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    model = setup.make_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    note = f"{n_params / 1e6:.1f}M params, {where}, preset {preset}"
+    note += f"; by CPU time {loop_cpu / bare_cpu:.2f}"
+    if device.type == "cuda":
+        note += f"; bf16 autocast, fused AdamW; MFU {mfu.strip()} of {where}'s bf16 peak"
+    return ResultRow(
+        f"pretrain {row.family}" + (" (GPU, bf16)" if device.type == "cuda" else ""),
+        "tokens/s",
+        bare_wall,
+        loop_wall,
+        ">=",
+        0.9,
+        rss["bare"],
+        rss["loop"],
+        note,
     )
 
 
@@ -386,6 +413,22 @@ def word2vec_line(result: dict) -> str:
         f"{result['bare_words_per_cpu_s']:15,.0f} {result['loop_words_per_cpu_s']:15,.0f} "
         f"{result['cpu_ratio']:6.3f} {'-':>6}  "
         f"(vs bare with loss: {result['ratio_vs_bare_loss']:.3f})"
+    )
+
+
+def word2vec_result(result: dict) -> ResultRow:
+    """The table row of `word2vec_row` (peak RSS is the whole benchmark process's)."""
+    return ResultRow(
+        f"pretrain word2vec {result['mode']}",
+        "words/s",
+        result["bare_words_per_s"],
+        result["loop_words_per_s"],
+        ">=",
+        0.95,
+        None,
+        None,
+        f"gensim vs streaming from shards; by CPU time {result['cpu_ratio']:.2f}; vs gensim "
+        f"with compute_loss {result['ratio_vs_bare_loss']:.2f}",
     )
 
 
@@ -412,11 +455,13 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="torch CPU threads (1 gives steadier numbers on a shared machine)",
     )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    device = pick_device(LoopSpec())
+    device = pick_device(LoopSpec(device=args.device))
     preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
     steps = args.steps or {"tiny": 200, "cpu": 20, "gpu": 50}[preset]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -428,15 +473,20 @@ def main(argv: list[str] | None = None) -> None:
         f"{'family':8} {'bare tok/s':>11} {'loop tok/s':>11} {'ratio':>6} "
         f"{'bare tok/cpu-s':>15} {'loop tok/cpu-s':>15} {'ratio':>6} {'MFU':>6}"
     )
+    results: list[ResultRow] = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for row in ROWS:
             if row.family in args.families:
-                print(torch_row(row, workdir, args, preset, steps, device), flush=True)
+                results.append(torch_row(row, workdir, args, preset, steps, device))
         if "word2vec" in args.families:  # words/s, gensim vs the pipeline's streaming trainer
             for sg in (True, False):
-                print(word2vec_line(word2vec_row(workdir, args.mb, args.rounds, sg)), flush=True)
+                result = word2vec_row(workdir, args.mb, args.rounds, sg)
+                print(word2vec_line(result), flush=True)
+                results.append(word2vec_result(result))
+    if args.json:
+        write_rows(results, args.json)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """MLflow on a real PostgreSQL: a pretrainlab stage logs through `mlflow server` into it.
 
 Starts a real PostgreSQL (the pgserver wheel's, else Debian's: initdb + postgres in a temp dir,
-on a free loopback port; as the unprivileged user `nobody` when the tests run as root) and `mlflow server --backend-store-uri postgresql://…`, runs the ingest
-flow with `tracking.uri` pointing at the server, and finds its run both through MLflow and in
-PostgreSQL's own tables. Every process is stopped by its PID (the server by its process group).
-Skipped, saying why, where no PostgreSQL server binaries are installed.
+on a free loopback port; as the unprivileged user `nobody` when the tests run as root) and
+`mlflow server --backend-store-uri postgresql://…`, runs the ingest flow with `tracking.uri`
+pointing at the server, and finds its run both through MLflow and in PostgreSQL's own tables.
+Every process is stopped by its PID (the server by its process group). Skipped, saying why,
+where no PostgreSQL server binaries can be found.
 """
 
 from __future__ import annotations

@@ -1,0 +1,192 @@
+"""What every benchmark shares: the result row, peak-memory probes, the machine, RESULTS.md.
+
+Each benchmark module has a `rows(...)` function returning `Row`s and a `--json PATH` flag that
+writes them; `benchmarks.suite` runs every module in its own process (so peak RSS is its own)
+and writes the rows as one Markdown table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+NA_NO_GPU = "n/a (no GPU)"
+
+
+@dataclass
+class Row:
+    """One line of the table: the bare library's figure, pretrainlab's, and the goal.
+
+    By default the goal is on the ratio pretrainlab / bare (higher is better: both are
+    throughputs); with `on_ratio=False` (the re-run, the scaling growth) it is on pretrainlab's
+    own figure, in `unit`.
+    """
+
+    benchmark: str
+    unit: str
+    bare: float | None
+    ours: float | None
+    goal_op: str  # ">=", "<=", or "" for a row that only informs
+    goal: float
+    rss_bare_mb: float | None = None
+    rss_ours_mb: float | None = None
+    note: str = ""
+    on_ratio: bool = True
+
+    @property
+    def ratio(self) -> float | None:
+        if self.bare is None or self.ours is None or self.bare == 0:
+            return None
+        return self.ours / self.bare
+
+    @property
+    def measured(self) -> float | None:
+        """What the goal applies to: the ratio, or the figure itself when there is no bare."""
+        return self.ratio if self.on_ratio else self.ours
+
+    @property
+    def met(self) -> bool | None:
+        value = self.measured
+        if value is None or not self.goal_op:
+            return None
+        return value >= self.goal if self.goal_op == ">=" else value <= self.goal
+
+    def goal_text(self) -> str:
+        if not self.goal_op:
+            return "-"
+        return f"{self.goal_op} {self.goal:g}" + ("" if self.on_ratio else f" {self.unit}")
+
+
+def write_rows(rows: list[Row], path: Path) -> None:
+    path.write_text(json.dumps([asdict(row) for row in rows], indent=1), encoding="utf-8")
+
+
+def read_rows(path: Path) -> list[Row]:
+    return [Row(**item) for item in json.loads(path.read_text(encoding="utf-8"))]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS. Linux's ru_maxrss survives exec, so a child started from a big
+    parent would report the parent's peak; VmHWM belongs to the current program only."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM), so two
+    contenders run in one process each get their own peak. Elsewhere the peak only grows."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def current_rss_mb() -> float:
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+# ----------------------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def machine() -> dict[str, object]:
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": gpu_name(),
+        "load_1min": round(os.getloadavg()[0], 2),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def _rss(row: Row) -> str:
+    if row.rss_bare_mb is None and row.rss_ours_mb is None:
+        return "n/a"
+    bare = f"{row.rss_bare_mb:,.0f}" if row.rss_bare_mb is not None else "-"
+    ours = f"{row.rss_ours_mb:,.0f}" if row.rss_ours_mb is not None else "-"
+    return f"{bare} / {ours}"
+
+
+def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: float) -> str:
+    """RESULTS.md: the machine, then one table row per `Row`."""
+    gpu = before["gpu"] or "no GPU"
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `{command}` on {before['date']} in {seconds / 60:.1f} min.",
+        f"Machine: {before['cpu']}, {before['cores']} cores, torch {before['torch']} "
+        f"({before['torch_threads']} CPU threads), Python {before['python']}, {gpu}. "
+        f"Load average (1 min) {before['load_1min']} at the start, {after['load_1min']} at the "
+        "end: the machine is shared, so wall-clock figures carry that noise; each benchmark runs "
+        "its contenders interleaved in one run so a busy spell hits both.",
+        "",
+        "Ratio = pretrainlab / bare library (both throughputs: higher is better). "
+        "Peak RSS is each contender's own peak (bare / pretrainlab).",
+        "",
+        "| benchmark | unit | bare library | pretrainlab | ratio | goal | met | "
+        "peak RSS MB | notes |",
+        "|---|---|---:|---:|---:|---|---|---:|---|",
+    ]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "n/a" if row.goal_op else "-"}[row.met]
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+        lines.append(
+            f"| {row.benchmark} | {row.unit} | {_num(row.bare)} | {_num(row.ours)} | {ratio} | "
+            f"{row.goal_text()} | {met} | {_rss(row)} | {row.note.replace('|', '/')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def print_rows(rows: list[Row]) -> None:
+    for row in rows:
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else "-"
+        print(
+            f"  {row.benchmark:<34} bare {_num(row.bare):>10}  pretrainlab {_num(row.ours):>10} "
+            f"{row.unit:<12} ratio {ratio:>6}  goal {row.goal_text():<10} {row.note}"
+        )

@@ -273,11 +273,14 @@ def family_inputs(family: str, tokenizer: Any, max_len: int, max_positions: int)
     return Inputs(tokenizer, max_len)
 
 
-def _texts(inputs: Inputs, texts: list[str]) -> tuple[list[list[int]], list[list[tuple]]]:
+def _texts(
+    inputs: Inputs, texts: list[str], offsets: bool
+) -> tuple[list[list[int]], list[list[tuple]]]:
+    """Token ids, and character offsets only when asked (word-in-context targets need them)."""
     if not texts:
         return [], []
-    enc = inputs.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    return enc["input_ids"], enc["offset_mapping"]
+    enc = inputs.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+    return enc["input_ids"], enc["offset_mapping"] if offsets else [[] for _ in texts]
 
 
 def _target(offsets: list[tuple], span: tuple[int, int], text: str) -> list[int]:
@@ -303,9 +306,10 @@ def encode_examples(inputs: Inputs, kind: str, examples: Sequence[Example]) -> E
     if kind == "tag":
         _encode_tags(inputs, examples, out)
         return out
-    a_ids, a_offsets = _texts(inputs, [ex.text_a for ex in examples])
+    wic = kind == "wic"
+    a_ids, a_offsets = _texts(inputs, [ex.text_a for ex in examples], wic)
     b_ids, b_offsets = (
-        _texts(inputs, [ex.text_b for ex in examples]) if kind != "classify" else ([], [])
+        _texts(inputs, [ex.text_b for ex in examples], wic) if kind != "classify" else ([], [])
     )
     for i, ex in enumerate(examples):
         base = len(out.sequences)
@@ -324,7 +328,7 @@ def encode_examples(inputs: Inputs, kind: str, examples: Sequence[Example]) -> E
             ):
                 ids, types, starts, (kept,) = inputs.wrap([tokens])
                 whole = tuple(range(starts[0], starts[0] + kept))  # the text's own tokens
-                if kind == "wic":
+                if wic:
                     hits = [starts[0] + t for t in _target(offsets, span, text) if t < kept]
                     positions = tuple(hits) or whole  # target cut by max_len: the whole text
                 else:

@@ -397,7 +397,9 @@ def pooled_states(
         for g, (s, positions) in enumerate(item):
             for p in positions:
                 pool[i * groups + g, local[s] * length + p] = 1.0 / len(positions)
-    states = encoder.layer_states(ids, types, mask)
+    device = next(encoder.parameters()).device  # batches go where the encoder is (CUDA or CPU)
+    states = encoder.layer_states(ids.to(device), types.to(device), mask.to(device))
+    pool = pool.to(device)
     pooled = [pool @ states[layer].reshape(-1, states[layer].shape[-1]) for layer in layers]
     return torch.stack(pooled, dim=1).view(len(items), groups, len(layers), -1)
 

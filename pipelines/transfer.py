@@ -297,7 +297,7 @@ def extract_features(
     with torch.no_grad():
         for start in range(0, n, batch_size):
             batch = range(start, min(start + batch_size, n))
-            chunks.append(pooled_states(encoder, encoded, batch, layers, pad_id).numpy())
+            chunks.append(pooled_states(encoder, encoded, batch, layers, pad_id).cpu().numpy())
     return np.concatenate(chunks).astype(np.float32)
 
 
@@ -324,6 +324,7 @@ def frozen_features(
     if directory is not None and is_complete(directory):
         return {s: np.load(directory / f"{s}.npy", mmap_mode="r") for s in SPLITS}
     encoder, tokenizer, _ = load_encoder(family, model_dir)
+    encoder.to(device())
     inputs = family_inputs(family, tokenizer, max_len, encoder.max_positions)
     arrays = {
         s: extract_features(
@@ -400,7 +401,8 @@ def _evaluate(
     with torch.no_grad():
         for start in range(0, len(split.examples), batch_size):
             batch = range(start, min(start + batch_size, len(split.examples)))
-            preds.append(head(source.features(name, batch)).argmax(-1).numpy())
+            features = source.features(name, batch).to(head.linear.weight.device)
+            preds.append(head(features).argmax(-1).cpu().numpy())
     pred = np.concatenate(preds)
     return _metrics(task, split.labels, pred, split.item_offsets)
 
@@ -426,6 +428,7 @@ def _fit(
 ) -> tuple[list[EpochMetrics], int, dict[str, float], dict[str, float]]:
     """Train, early-stop on dev, return (curve, best epoch, dev and test at the best epoch)."""
     optimizer = _optimizer(head, source, config.lr, loaded)
+    target = head.linear.weight.device
     trainable = [head] + ([source.encoder] if isinstance(source, EncoderSource) else [])
     generator = torch.Generator().manual_seed(config.seed)
     train, headline = splits["train"], _headline(task)
@@ -441,8 +444,8 @@ def _fit(
         order = torch.randperm(len(train.examples), generator=generator).tolist()
         for start in range(0, len(order), config.batch_size):
             batch = order[start : start + config.batch_size]
-            labels = torch.from_numpy(train.labels[train.items(batch)])
-            loss = F.cross_entropy(head(source.features("train", batch)), labels)
+            labels = torch.from_numpy(train.labels[train.items(batch)]).to(target)
+            loss = F.cross_entropy(head(source.features("train", batch).to(target)), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -460,6 +463,11 @@ def _fit(
         module.load_state_dict(state)
     test = _evaluate(head, source, splits["test"], "test", task, config.batch_size)
     return curve, best_epoch, curve[best_epoch - 1].metrics, test
+
+
+def device() -> torch.device:
+    """Where transfer runs: the GPU when there is one (same results on CPU, bit for bit)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _check_config(config: TransferConfig) -> None:
@@ -499,7 +507,7 @@ def _train_head(
     """Build the head for `shape` = (layers read, groups, width), train, package the result."""
     torch.manual_seed(config.seed)  # the head's init does not depend on how the encoder was built
     n_layers, groups, dim = shape
-    head = TaskHead(n_layers, dim, groups, len(task.labels))
+    head = TaskHead(n_layers, dim, groups, len(task.labels)).to(device())
     curve, best, dev, test = _fit(task, splits, source, head, config, loaded, on_epoch)
     return TransferResult(
         curve=curve,
@@ -550,6 +558,7 @@ def run_transfer(
         return _run_frozen(task, train, config, arrays, layers, on_epoch, start)
     torch.manual_seed(config.seed)  # a scratch / re-initialised encoder's init
     encoder, tokenizer, loaded = build_trainable(family, model_dir, mode)
+    encoder.to(device())
     inputs = family_inputs(family, tokenizer, config.max_len, encoder.max_positions)
     encoded = {s: encode_examples(inputs, task.kind, splits[s].examples) for s in SPLITS}
     layers = encoder.reading_layers()

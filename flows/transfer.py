@@ -26,6 +26,14 @@ from tasks.transfer import (
 LAYERED_MODES = ("partial", "frozen:layer")
 
 
+def _applies(name: str, model: dict[str, Any], mode: str) -> bool:
+    """word2vec has one static layer: nothing to load partially or pick. An adapted model's
+    scratch run would repeat its parent's exactly (same config, same seed): skipped."""
+    if architecture(model) == "word2vec" and mode.startswith(LAYERED_MODES):
+        return False
+    return not (name.endswith("+adapt") and mode == "scratch")
+
+
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime."""
@@ -43,9 +51,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 parent = adaptation_parent(models | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
         for name, model in task_models.items():
-            for mode in sweep.modes:
-                if architecture(model) == "word2vec" and mode.startswith(LAYERED_MODES):
-                    continue  # one static layer: nothing to load partially or pick
+            for mode in [m for m in sweep.modes if _applies(name, model, m)]:
                 runs += run_transfer(spec, data, name, model, mode)
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]

@@ -139,7 +139,8 @@ def open_catalog(store: Path) -> Iterator[QueryFn]:
 
 
 # `model` is the family, or family@model_version when a family has several versions (ablations).
-# `chosen` keeps, per (task, model, mode, budget), only the learning rate that was best on dev.
+# `chosen` keeps, per (task, model, mode, budget, seed), only the learning rate best on dev: a
+# seed is one replicate of the whole protocol (rate chosen on dev included), so none is dropped.
 BASE = """
 with versions as (
     select family, count(distinct model_version) as n from results group by family),
@@ -152,12 +153,11 @@ dev_best as (
     select task, model, mode, b, lr, seed, max(value) as best from res
     where split = 'dev' and metric = 'accuracy' and layer is null group by all),
 lr_pick as (
-    select task, model, mode, b, arg_max(lr, score) as lr from (
-        select task, model, mode, b, lr, avg(best) as score from dev_best group by all)
-    group by all),
+    select task, model, mode, b, seed, arg_max(lr, best) as lr from dev_best group by all),
 chosen as (
     select res.* from res left join lr_pick p
         on res.task = p.task and res.model = p.model and res.mode = p.mode and res.b = p.b
+        and res.seed = p.seed
     where p.lr is null or res.lr is not distinct from p.lr)
 """
 

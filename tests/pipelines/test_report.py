@@ -17,9 +17,11 @@ from pipelines.report import (
     NOT_MEASURED,
     PARTLY,
     SUPPORTED,
+    Data,
     ReportError,
     ReportResult,
     build_report,
+    open_catalog,
 )
 from storage import tracking
 from storage.atomic import write_parquet
@@ -372,3 +374,16 @@ def test_empty_store_skips_every_section(tmp_path: Path) -> None:
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"no catalog at .*catalog.duckdb: refresh it first"):
         build_report(tmp_path, tmp_path / "out")
+
+
+def test_each_seed_keeps_the_rate_it_chose_on_dev(tmp_path: Path) -> None:
+    """A run records only its best rate; seeds that chose different rates all count."""
+    rows = run_rows("polarity", "gpt", "finetune", "50", 0, GOOD_LR, 0.7)
+    rows += run_rows("polarity", "gpt", "finetune", "50", 2, BAD_LR, 0.7)
+    layout = Layout.at(tmp_path / "store")
+    write_parquet(layout.results / "one.parquet", table(rows))
+    refresh(layout.store, layout.default_tracking_uri)
+    with open_catalog(layout.store) as query:
+        stat = Data(query).score("polarity", "gpt", "finetune", "50")
+    assert stat is not None and stat.n == 2
+    assert stat.mean == pytest.approx((0.7 - 0.01 + 0.3) / 2)

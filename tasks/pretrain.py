@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 import pipelines.adaptation as adaptation
 import pipelines.pretraining as pretraining
 from pretrainlab.config import PretrainlabError, Spec
-from storage import registry, tracking
+from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, exclusive, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
@@ -115,7 +115,10 @@ def pretrain_family(
     """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
     out = model_dir(spec, family, tokenizer_id, tokens_dir)
     with exclusive(out, stage_logger().info):  # a concurrent run training it: wait, then reuse
-        return _pretrain_into(spec, family, corpus_id, tokenizer_id, tokens_dir, out)
+        remote.sync(spec, out)  # a model another machine trained, from the store's mirror
+        model = _pretrain_into(spec, family, corpus_id, tokenizer_id, tokens_dir, out)
+        remote.sync(spec, out)  # ... and this one to it
+        return model
 
 
 def _pretrain_into(
@@ -124,7 +127,7 @@ def _pretrain_into(
     cached = read_manifest(out)
     if cached is not None:
         stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
-        return {**cached, "cache_hit": True}
+        return {**cached, "model_dir": str(out / MODEL_SUBDIR), "cache_hit": True}  # this store
     launch.check_launch(spec)  # a world size this machine cannot run fails before any work
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)

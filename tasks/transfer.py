@@ -66,7 +66,8 @@ def _result_path(spec: Spec, task_name: str, key: str) -> Path:
     return Layout.at(spec.store).results / task_name / f"{key}.parquet"
 
 
-def _cached(path: Path) -> dict[str, Any] | None:
+def _cached(spec: Spec, path: Path) -> dict[str, Any] | None:
+    remote.sync(spec, path)  # rows another machine wrote to the store's mirror, if any
     if not path.exists():
         return None
     table = pq.read_table(path, columns=["run_id"])
@@ -108,7 +109,7 @@ def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) ->
     key = stable_hash({"task": data.fingerprint, "method": method, "budget": budget,
                        "seed": seed, "code": code_hash([baselines_lib, task_data_lib])})
     path = _result_path(spec, data.name, key)
-    if (cached := _cached(path)) is not None:
+    if (cached := _cached(spec, path)) is not None:
         return cached
     scores = baselines_lib.baseline(data, task_data_lib.take_budget(data.train, budget, seed))
     pairs = [(split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
@@ -158,7 +159,7 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
                        "transfer": _sweep_settings(spec), "rows": ROWS_VERSION,
                        "code": code_hash(CODE)})
     path = _result_path(spec, data.name, key)
-    if (cached := _cached(path)) is not None:
+    if (cached := _cached(spec, path)) is not None:
         return cached
     train = task_data_lib.take_budget(data.train, budget, seed)
     started = time.perf_counter()
@@ -230,7 +231,7 @@ def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
     key = "probe-" + stable_hash({
         "task": data.fingerprint, "family": family, "model": model["model_key"], "lr": lr,
         "transfer": _sweep_settings(spec), "code": code_hash(CODE)})
-    if (cached := _cached(_result_path(spec, data.name, key))) is not None:
+    if (cached := _cached(spec, _result_path(spec, data.name, key))) is not None:
         return cached
     scores = transfer_lib.probe_layers(architecture(model), Path(model["model_dir"]), data,
                                        data.train, _config(spec, "frozen", lr, 0),
@@ -244,7 +245,7 @@ def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
     """Same-sense vs different-sense similarity of a word across sentences, per layer."""
     key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
                        "max_len": spec.transfer.max_len, "code": code_hash(CODE)})
-    if (cached := _cached(_result_path(spec, "polysemy", key))) is not None:
+    if (cached := _cached(spec, _result_path(spec, "polysemy", key))) is not None:
         return cached
     scores = transfer_lib.polysemy_similarity(architecture(model), Path(model["model_dir"]), data,
                                               spec.transfer.max_len, _features_dir(spec, family))

@@ -74,7 +74,7 @@ def test_ingest_from_a_bucket_mirror_it_and_reuse_it_on_a_fresh_store(tmp_path: 
                 out.write(_jsonl_gz(_documents(i, 200)))
 
         first_spec = _spec(tmp_path, "machine-a", endpoint)
-        first = pipeline(first_spec, until="tokenize")
+        first = pipeline(first_spec, until="pretrain")
         corpus_id = first["ingest"]["corpus_id"]
         word = first["tokenize"]["families"]["word"]
         assert first["ingest"]["cache_hit"] is False and first["tokenize"]["cache_hit"] is False
@@ -93,14 +93,21 @@ def test_ingest_from_a_bucket_mirror_it_and_reuse_it_on_a_fresh_store(tmp_path: 
             f"{encoded}/_manifest.json",
         } <= mirrored
         assert any(k.startswith("tokenizers/index/") for k in mirrored)
+        model = Path(first["pretrain"]["families"]["word2vec"]["model_dir"]).parent
+        model_key = model.relative_to(Layout.at(first_spec.store).store).as_posix()
+        assert f"{model_key}/_manifest.json" in mirrored  # the trained model too
 
         second_spec = _spec(tmp_path, "machine-b", endpoint)
         started = time.perf_counter()
-        second = pipeline(second_spec, until="tokenize")
+        second = pipeline(second_spec, until="pretrain")
         seconds = time.perf_counter() - started
         assert second["ingest"]["corpus_id"] == corpus_id
         assert second["ingest"]["cache_hit"] is True
         assert second["tokenize"]["cache_hit"] is True
+        assert second["pretrain"]["cache_hit"] is True  # the model came from the mirror
+        pulled_model = Path(second["pretrain"]["families"]["word2vec"]["model_dir"])
+        assert pulled_model.is_relative_to(Layout.at(second_spec.store).store)
+        assert (pulled_model.parent / "_manifest.json").exists()
         pulled = second["tokenize"]["families"]["word"]
         assert pulled["tokenizer_id"] == word["tokenizer_id"]
         second_store = Layout.at(second_spec.store)

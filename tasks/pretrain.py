@@ -113,6 +113,7 @@ def pretrain_family(
     spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str
 ) -> dict[str, Any]:
     """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
+    launch.check_launch(spec)  # a world size this machine cannot run fails before any work
     out = model_dir(spec, family, tokenizer_id, tokens_dir)
     with exclusive(out, stage_logger().info):  # a concurrent run training it: wait, then reuse
         remote.sync(spec, out)  # a model another machine trained, from the store's mirror
@@ -128,7 +129,6 @@ def _pretrain_into(
     if cached is not None:
         stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
         return {**cached, "model_dir": str(out / MODEL_SUBDIR), "cache_hit": True}  # this store
-    launch.check_launch(spec)  # a world size this machine cannot run fails before any work
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     open_tracking(spec)

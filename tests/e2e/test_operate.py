@@ -63,8 +63,24 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Settings]
         assert not any(state.running for state in services.status(settings))
 
 
+class RetryWhenBusy(httpx.HTTPTransport):
+    """The Prefect server answers 503 while its database is busy (a loaded CI machine); its own
+    client retries those, so this test's raw HTTP client does too."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(6):
+            response = super().handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.close()
+            time.sleep(0.5 * 2**attempt)
+        return response
+
+
 def api(settings: services.Settings) -> httpx.Client:
-    return httpx.Client(base_url=settings.prefect_api_url, timeout=30)
+    return httpx.Client(
+        base_url=settings.prefect_api_url, timeout=30, transport=RetryWhenBusy()
+    )
 
 
 def tiny_spec(store: Path) -> dict[str, Any]:

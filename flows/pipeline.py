@@ -90,11 +90,22 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
         sweep = spec.transfer
         runs = len(sweep.tasks) * len(sweep.budgets) * len(sweep.seeds) * len(sweep.modes)
         detail = f"{len(sweep.tasks)} task(s), up to {runs} runs per family; cached rows reused"
-        statuses.append(StageStatus("transfer", str(Layout.at(spec.store).results), False, detail))
+        out = Layout.at(spec.store).results
+        statuses.append(_whole_stage_status(spec, "transfer", corpus.corpus_id, out, detail))
     if reach >= STAGES.index("report"):
         out = Layout.at(spec.store).report(spec.experiment)
-        statuses.append(StageStatus("report", str(out), False, "always rebuilt from the catalog"))
+        detail = "rebuilt from the catalog"
+        statuses.append(_whole_stage_status(spec, "report", corpus.corpus_id, out, detail))
     return statuses
+
+
+def _whole_stage_status(
+    spec: Spec, stage: str, corpus_id: str, out: Path, detail: str
+) -> StageStatus:
+    """Cached when this stage and every one before it would be skipped as a whole."""
+    done = stamps.up_to_date(spec, STAGES[: STAGES.index(stage) + 1], corpus_id)
+    unchanged = "unchanged since its last run"
+    return StageStatus(stage, str(out), done is not None, unchanged if done else detail)
 
 
 def _stage(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any],

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from flows.pipeline import pipeline
+from flows.pipeline import pipeline, plan
 from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog
 from tests.flows.tiny_specs import tiny_spec_dict
@@ -110,6 +110,7 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     markdown = html.with_name("report.md").read_text()
     assert "baseline" in markdown.lower()
 
-    # Unchanged re-run: every transfer result is reused.
+    # Unchanged re-run: the dry run calls every stage cached, and each is skipped as a whole.
+    assert all(status.cached for status in plan(spec)), plan(spec)
     again = pipeline(spec, until="transfer")
     assert again["transfer"]["cache_hit"]

@@ -17,7 +17,7 @@ from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
 from tasks.progress import ProgressReporter, stage_logger
-from tasks.tracking import record_stage
+from tasks.tracking import OUTSIDE_WORLD, record_stage
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
     return {**manifest, "output": str(plan.directory), "cache_hit": False}
 
 
-@task(name="record-corpus", cache_policy=NO_CACHE)
+@task(name="record-corpus", cache_policy=NO_CACHE, **OUTSIDE_WORLD)
 def record_corpus(spec: Spec, manifest: dict[str, Any]) -> str:
     """One MLflow run for this ingest: the spec, corpus statistics and throughput."""
     stats = manifest["stats"]

@@ -17,7 +17,7 @@ from pretrainlab.config import PromoteSpec, Spec
 from storage import catalog, registry, versions
 from storage.layout import Layout
 from tasks.progress import stage_logger
-from tasks.tracking import artifact_key, open_tracking
+from tasks.tracking import OUTSIDE_WORLD, artifact_key, open_tracking
 
 
 def rule_from_spec(section: PromoteSpec) -> versions.Rule:
@@ -54,7 +54,10 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
-@task(name="promote", task_run_name="promote/{spec.experiment}", cache_policy=NO_CACHE)
+@task(
+    name="promote", task_run_name="promote/{spec.experiment}", cache_policy=NO_CACHE,
+    **OUTSIDE_WORLD,
+)
 def promote_versions(spec: Spec, families: list[str] | None = None) -> dict[str, Any]:
     """Log downstream summaries on each version's run; move `champion` if the spec enables it."""
     open_tracking(spec)

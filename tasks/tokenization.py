@@ -29,7 +29,7 @@ from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
 from tasks.progress import ProgressReporter, stage_logger
-from tasks.tracking import record_stage
+from tasks.tracking import OUTSIDE_WORLD, record_stage
 
 # Model family -> the tokenizer section of the spec it uses (word2vec and ELMo share one).
 TOKENIZER_OF_FAMILY = {"bert": "bert", "gpt": "gpt", "word2vec": "word", "elmo": "word"}
@@ -238,7 +238,7 @@ def finish_encoding(job: EncodingJob, staging: Path, shards: list[dict[str, Any]
     return manifest
 
 
-@task(name="record-tokenization", cache_policy=NO_CACHE)
+@task(name="record-tokenization", cache_policy=NO_CACHE, **OUTSIDE_WORLD)
 def record_tokenization(
     spec: Spec, corpus_id: str, tokenizers: list[dict[str, Any]], shards: list[dict[str, Any]]
 ) -> str:

@@ -15,9 +15,30 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pretrainlab.config import Spec
+from pretrainlab.config import PretrainlabError, Spec
 from storage import tracking
 from storage.layout import Layout
+
+
+def transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry what the outside world may fix by itself (a tracking server's hiccup, a network
+    blip), never a mistake the user must fix: that fails at once, with its message."""
+    try:
+        state.result()
+    except PretrainlabError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+# For the steps that talk to servers (MLflow, the Prefect API, object storage) and nothing else:
+# computing steps are not retried, their failures are bugs or bad input.
+OUTSIDE_WORLD: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": transient,
+}
 
 
 def open_tracking(spec: Spec) -> str:
@@ -147,7 +168,7 @@ def transfer_scores(spec: Spec, run_ids: Iterable[str]) -> list[dict[str, Any]]:
     ).to_arrow_table().to_pylist()
 
 
-@task(name="publish-transfer-summary", cache_policy=NO_CACHE)
+@task(name="publish-transfer-summary", cache_policy=NO_CACHE, **OUTSIDE_WORLD)
 def publish_transfer_summary(spec: Spec, run_ids: list[str]) -> int:
     """The transfer stage in the Prefect UI: mean test scores of the flow's runs per task, model
     and mode, and links to each task's MLflow experiment (its compare view). Returns the rows."""

@@ -114,3 +114,37 @@ def test_pipeline_fails_fast_when_the_tracking_server_is_down(tmp_path: Path) ->
     assert "make up" in str(error.value)
     assert time.monotonic() - started < 30
     assert not (Path(spec.store) / "corpus").exists()  # no stage ran
+
+
+def test_outside_world_steps_retry_hiccups_but_not_user_errors() -> None:
+    from prefect import task
+
+    from pretrainlab.config import PretrainlabError
+    from tasks.tracking import OUTSIDE_WORLD
+
+    calls = {"blip": 0, "mistake": 0}
+
+    @task(**{**OUTSIDE_WORLD, "retry_delay_seconds": 0})
+    def blip() -> str:
+        calls["blip"] += 1
+        if calls["blip"] < 3:
+            raise ConnectionError("tracking server restarting")
+        return "logged"
+
+    @task(**{**OUTSIDE_WORLD, "retry_delay_seconds": 0})
+    def mistake() -> None:
+        calls["mistake"] += 1
+        raise PretrainlabError("promote.mode: no scores for this mode")
+
+    @flow
+    def stage() -> str:
+        return blip()
+
+    @flow
+    def refused() -> None:
+        mistake()
+
+    assert stage() == "logged" and calls["blip"] == 3  # two retries, then success
+    with pytest.raises(PretrainlabError, match="no scores"):
+        refused()
+    assert calls["mistake"] == 1  # a user's mistake is not retried

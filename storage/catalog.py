@@ -205,6 +205,15 @@ def _token_views(layout: Layout) -> list[View]:
     return views
 
 
+# The columns of a transfer result row: what tasks/transfer.py writes and `results` reads.
+RESULT_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("task", pa.string()), ("family", pa.string()),
+    ("model_version", pa.string()), ("mode", pa.string()), ("budget", pa.string()),
+    ("seed", pa.int32()), ("lr", pa.float64()), ("epoch", pa.int32()), ("split", pa.string()),
+    ("metric", pa.string()), ("value", pa.float64()), ("layer", pa.int32()),
+])
+
+
 def _result_views(layout: Layout) -> list[View]:
     """Result rows: every visible Parquet file under results/ (written atomically, so whole)."""
     root = layout.results

@@ -29,18 +29,13 @@ import pipelines.transfer as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec
 from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parquet
+from storage.catalog import RESULT_SCHEMA
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
 from tasks.pretrain import MODEL_SUBDIR, architecture, git_sha
 from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
 
-RESULT_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("task", pa.string()), ("family", pa.string()),
-    ("model_version", pa.string()), ("mode", pa.string()), ("budget", pa.string()),
-    ("seed", pa.int32()), ("lr", pa.float64()), ("epoch", pa.int32()), ("split", pa.string()),
-    ("metric", pa.string()), ("value", pa.float64()), ("layer", pa.int32()),
-])
 CODE = [transfer_lib, heads_lib, task_data_lib]
 ROWS_VERSION = 2  # 2: dev rows carry metric "step" (optimizer steps by the end of each epoch)
 Item = tuple[int, str, str, float, int | None]  # epoch, split, metric, value, layer

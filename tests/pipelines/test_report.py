@@ -25,7 +25,7 @@ from pipelines.report import (
 )
 from storage import tracking
 from storage.atomic import write_parquet
-from storage.catalog import refresh
+from storage.catalog import RESULT_SCHEMA, refresh
 from storage.layout import Layout
 from storage.tracking import configure, log_metrics_safe, start_stage_run
 
@@ -33,23 +33,6 @@ EXPERIMENT = "lab-pretrain"
 BERT_MODEL = "lab-bert"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("task", pa.string()),
-        ("family", pa.string()),
-        ("model_version", pa.string()),
-        ("mode", pa.string()),
-        ("budget", pa.string()),
-        ("seed", pa.int64()),
-        ("lr", pa.float64()),
-        ("epoch", pa.int64()),
-        ("split", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("layer", pa.int64()),
-    ]
-)
 FAMILIES = {"gpt": "lab-gpt/1", "elmo": "lab-elmo/1", "bert": f"{BERT_MODEL}/1", "word2vec": "w/1"}
 ADAPTED = {"gpt+adapt": "lab-gpt/2"}  # gpt adapted on the task's text: finetune only
 MODES = ("scratch", "finetune", "frozen", "frozen:layer=0", "frozen:layer=1", "partial:1")
@@ -183,7 +166,8 @@ def probe_and_polysemy_rows() -> list[tuple]:
 
 
 def table(rows: list[tuple]) -> pa.Table:
-    return pa.Table.from_pylist([dict(zip(SCHEMA.names, r, strict=True)) for r in rows], SCHEMA)
+    names = RESULT_SCHEMA.names
+    return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows], RESULT_SCHEMA)
 
 
 def write_pretrain_runs(layout: Layout) -> None:

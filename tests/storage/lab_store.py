@@ -16,29 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from storage import registry, tracking
 from storage.atomic import write_json, write_manifest, write_parquet
+from storage.catalog import RESULT_SCHEMA
 from storage.layout import Layout
 
 DAY = 86_400
 EXPERIMENT = "lab"
-# The transfer task's result schema (tasks/transfer.py RESULT_SCHEMA): tasks/ imports Prefect,
-# storage tests do not, so the columns are spelled out here.
-RESULTS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("task", pa.string()),
-        ("family", pa.string()),
-        ("model_version", pa.string()),
-        ("mode", pa.string()),
-        ("budget", pa.string()),
-        ("seed", pa.int32()),
-        ("lr", pa.float64()),
-        ("epoch", pa.int32()),
-        ("split", pa.string()),
-        ("metric", pa.string()),
-        ("value", pa.float64()),
-        ("layer", pa.int32()),
-    ]
-)
 
 
 @dataclass
@@ -142,7 +124,7 @@ class Lab:
                 {**base, "split": "dev", "metric": metric, "value": 1.0},
             ]
             path = self.layout.results / task / f"{last}.parquet"
-            write_parquet(path, pa.Table.from_pylist(rows, schema=RESULTS))
+            write_parquet(path, pa.Table.from_pylist(rows, schema=RESULT_SCHEMA))
         return last
 
 

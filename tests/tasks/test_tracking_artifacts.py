@@ -17,10 +17,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.pipeline import pipeline
 from pretrainlab.config import Spec, spec_from_dict
 from storage.atomic import write_parquet
+from storage.catalog import RESULT_SCHEMA
 from storage.layout import Layout
 from storage.tracking import TrackingUnavailable
 from tasks import tracking as tracking_tasks
-from tasks.transfer import RESULT_SCHEMA
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

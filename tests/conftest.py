@@ -28,6 +28,18 @@ def _seed_everything():
         pass
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: results bit-identical whatever the machine, and on a shared
+    2-core machine two threads would spin-wait each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API for the whole session (~9 s to start), shared by flow tests."""

@@ -3,7 +3,6 @@ shards, and each language model continues its own objective on them from its wei
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,12 +27,7 @@ from tests.pipelines.hf_checkpoints import save_bert_checkpoint, save_gpt2_check
 LOOP = {"batch_size": 4, "eval_batches": 1, "warmup_steps": 1, "log_every": 1, "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _spec():

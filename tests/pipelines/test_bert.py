@@ -120,12 +120,7 @@ def corpus(tmp_path_factory) -> dict:
     }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def objective_for(corpus: dict, spec: BERTSpec, seed: int = 0) -> BERTObjective:

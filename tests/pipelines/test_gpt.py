@@ -36,12 +36,7 @@ def corpus(tmp_path_factory):
     return tiny_lm.build_corpus(tmp_path_factory.mktemp("gpt-corpus"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_config_uses_our_vocabulary_and_block_size():

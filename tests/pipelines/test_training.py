@@ -40,12 +40,7 @@ def corpus(tmp_path_factory):
     return tiny_lm.build_corpus(tmp_path_factory.mktemp("loop-corpus"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-identical results need a fixed thread count
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -878,18 +878,26 @@ def claim_convergence(epochs: dict[tuple[str, str, str, str], Stat], unit: str) 
     )
 
 
+def _pairs_claim(
+    name: str, pairs: list[tuple[str, str, str, Stat, Stat]], what: str = "", where: str = ""
+) -> Claim:
+    """Supported where the first score of each (task, model, budget, a, b) pair beats the
+    second beyond their intervals; the line gives every pair's numbers."""
+    hits = sum(_above(*_diff(a, b)) for *_, a, b in pairs)
+    verdict = _overall(hits, len(pairs))
+    detail = "; ".join(
+        f"{m}/{t}@{budget} {a.mean:.3f} vs {b.mean:.3f}, {_signed(*_diff(a, b))}"
+        for t, m, budget, a, b in pairs
+    )
+    return Claim(name, verdict, f"{name}{what}: {verdict}{where} ({detail}).")
+
+
 def claim_frozen_finetune(data: Data) -> Claim:
     name = "Fine-tuning beats frozen features"
     pairs = [p for p in _pairs(data, "finetune", "frozen") if p[2] == data.budgets(p[0])[-1]]
     if not pairs:
         return Claim(name, NOT_MEASURED, f"{name}: not measured (no frozen/finetune pairs).")
-    hits = sum(_above(*_diff(ft, fr)) for *_, ft, fr in pairs)
-    verdict = _overall(hits, len(pairs))
-    detail = "; ".join(
-        f"{m}/{t}@{b} {ft.mean:.3f} vs {fr.mean:.3f}, {_signed(*_diff(ft, fr))}"
-        for t, m, b, ft, fr in pairs
-    )
-    return Claim(name, verdict, f"{name}: {verdict} at the largest budget ({detail}).")
+    return _pairs_claim(name, pairs, where=" at the largest budget")
 
 
 def claim_adaptation(data: Data) -> Claim:
@@ -904,13 +912,7 @@ def claim_adaptation(data: Data) -> Claim:
     if not pairs:
         why = "no <family>+adapt runs; see transfer.adapt"
         return Claim(name, NOT_MEASURED, f"{name}: not measured ({why}).")
-    hits = sum(_above(*_diff(ad, pa)) for *_, ad, pa in pairs)
-    verdict = _overall(hits, len(pairs))
-    detail = "; ".join(
-        f"{m}/{t}@{b} {ad.mean:.3f} vs {pa.mean:.3f}, {_signed(*_diff(ad, pa))}"
-        for t, m, b, ad, pa in pairs
-    )
-    return Claim(name, verdict, f"{name} (finetune, adapted vs parent): {verdict} ({detail}).")
+    return _pairs_claim(name, pairs, what=" (finetune, adapted vs parent)")
 
 
 def claim_partial(data: Data) -> Claim:

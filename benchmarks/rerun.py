@@ -22,67 +22,33 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Row, print_rows, write_rows
+from tests.flows.tiny_specs import tiny_spec_dict
 
 GOAL_SECONDS = 15.0
-LOOP = {
-    "max_steps": 4,
-    "batch_size": 4,
-    "eval_every": 2,
-    "eval_batches": 1,
-    "checkpoint_every": 2,
-    "log_every": 2,
-    "warmup_steps": 1,
-}
-
-
 def small_spec(store: Path) -> dict:
-    """Every stage at the smallest size that still runs its real code paths."""
-    return {
-        "experiment": "bench-rerun",
-        "store": str(store),
-        "corpus": {"sources": [{"dataset": "lee-news", "limit": 100}], "valid_fraction": 0.15},
-        "tokenizers": {
-            "bert": {"vocab_size": 600},
-            "gpt": {"vocab_size": 600},
-            "word": {"vocab_size": 3000, "min_count": 2},
-        },
-        "pretrain": {
-            "word2vec": {"vector_size": 16, "epochs": 1, "workers": 1},
-            "elmo": {
-                "embedding_dim": 16,
-                "hidden_dim": 32,
-                "seq_len": 16,
-                "adaptive_cutoffs": [200],
-                "loop": LOOP,
-            },
-            "gpt": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "loop": LOOP},
-            "bert": {
-                "n_layer": 1,
-                "n_head": 2,
-                "hidden_size": 32,
-                "intermediate_size": 64,
-                "max_seq_len": 32,
-                "loop": LOOP,
-            },
-        },
-        "transfer": {
-            "tasks": [
-                {
-                    "name": "polarity",
-                    "kind": "classify",
-                    "dataset": "polarity-sentences",
-                    "max_examples": 60,
-                }
-            ],
-            "modes": ["frozen", "finetune"],
-            "budgets": ["all"],
-            "seeds": [0],
-            "lrs": {"frozen": [1e-2], "finetune": [1e-3]},
-            "epochs": 1,
-            "batch_size": 8,
-            "max_len": 32,
-        },
+    """Every stage at the smallest size that still runs its real code paths: the flow tests'
+    tiny spec (4 steps a family) plus one transfer task, so all five stages run."""
+    sources = [{"dataset": "lee-news", "limit": 100}]
+    spec = tiny_spec_dict(store.parent, "bench-rerun", sources, steps=4)
+    spec["store"] = str(store)
+    spec["transfer"] = {
+        "tasks": [
+            {
+                "name": "polarity",
+                "kind": "classify",
+                "dataset": "polarity-sentences",
+                "max_examples": 60,
+            }
+        ],
+        "modes": ["frozen", "finetune"],
+        "budgets": ["all"],
+        "seeds": [0],
+        "lrs": {"frozen": [1e-2], "finetune": [1e-3]},
+        "epochs": 1,
+        "batch_size": 8,
+        "max_len": 32,
     }
+    return spec
 
 
 def run_once(spec_path: Path, env: dict[str, str]) -> tuple[float, float, str]:

@@ -265,6 +265,14 @@ def _interleaved(rounds: int, run: Callable[[str], None], got: dict[str, Measure
             got[name].rss_mb = max(got[name].rss_mb, peak_rss_mb())
 
 
+def _row(name: str, got: dict[str, Measured], what: str, after: str = "") -> Row:
+    """A table row of examples/s, bare vs ours, with the CPU-time ratio in its note."""
+    bare, ours = got["bare"], got["ours"]
+    cpu = ours.best_cpu / bare.best_cpu
+    note = f"{what}; by CPU time {cpu:.2f}{after}"
+    return Row(name, "examples/s", bare.best, ours.best, ">=", GOAL, bare.rss_mb, ours.rss_mb, note)
+
+
 def feature_rows(family: str, model_dir: Path, task: TaskData, max_len: int, rounds: int) -> Row:
     n = len(task.train) + len(task.dev) + len(task.test)
     got = {"bare": Measured(), "ours": Measured()}
@@ -289,18 +297,11 @@ def feature_rows(family: str, model_dir: Path, task: TaskData, max_len: int, rou
             f"{family}: bare and pretrainlab features differ (shapes {outputs['bare'].shape} vs "
             f"{outputs['ours'].shape}, max abs difference {diff:.2g})"
         )
-    return Row(
+    return _row(
         f"transfer {family}: frozen features",
-        "examples/s",
-        got["bare"].best,
-        got["ours"].best,
-        ">=",
-        GOAL,
-        got["bare"].rss_mb,
-        got["ours"].rss_mb,
-        f"{n} examples, max_len {max_len}, load+tokenize+forward, best of {rounds}; by CPU time "
-        f"{got['ours'].best_cpu / got['bare'].best_cpu:.2f}; the same features (max abs "
-        f"difference {diff:.0e})",
+        got,
+        f"{n} examples, max_len {max_len}, load+tokenize+forward, best of {rounds}",
+        f"; the same features (max abs difference {diff:.0e})",
     )
 
 
@@ -325,18 +326,11 @@ def finetune_row(
             got[name].add(per_epoch, w1 - w0, c1 - c0)
 
     _interleaved(rounds, run, got)
-    return Row(
+    return _row(
         f"transfer {family}: fine-tuning",
-        "examples/s",
-        got["bare"].best,
-        got["ours"].best,
-        ">=",
-        GOAL,
-        got["bare"].rss_mb,
-        got["ours"].rss_mb,
+        got,
         f"{len(task.train)} train + {len(task.dev)} dev per epoch, batch {config.batch_size}, "
-        f"fastest of {rounds * (config.epochs - 1)} epochs; by CPU time "
-        f"{got['ours'].best_cpu / got['bare'].best_cpu:.2f}",
+        f"fastest of {rounds * (config.epochs - 1)} epochs",
     )
 
 

@@ -69,6 +69,22 @@ def ingest_settings(spec: Spec) -> ingest_lib.IngestSettings:
     )
 
 
+_FINGERPRINTS: dict[tuple, list[dict]] = {}
+
+
+def _fingerprints(paths: list) -> list[dict]:
+    """`fingerprint_sources`, read once per process while the files keep their size and
+    modification time: the CLI's stage check, its pre-flight plan, the pipeline and the ingest
+    stage all need the corpus id, and hashing a large corpus four times is minutes of I/O."""
+    key = tuple(
+        p if isinstance(p, remote.RemoteFile) else (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in paths
+    )
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = ingest_lib.fingerprint_sources(paths)
+    return _FINGERPRINTS[key]
+
+
 def plan_corpus_plain(spec: Spec) -> CorpusPlan:
     """The corpus id: hash of the sources' bytes, the settings and the ingest code."""
     inputs = source_inputs(spec)
@@ -79,7 +95,7 @@ def plan_corpus_plain(spec: Spec) -> CorpusPlan:
             "text_field": src.text_field,
             "doc_per": src.doc_per,
             "limit": src.limit,
-            "files": ingest_lib.fingerprint_sources(src.paths),
+            "files": _fingerprints(src.paths),
         }
         for src in inputs
     ]

@@ -59,8 +59,11 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
             runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
                      if architecture(model) != "word2vec"]
     publish_transfer_summary(spec, [r["run_id"] for r in runs])
+    computed = sum(not r["cache_hit"] for r in runs)
     return {
         "runs": len(runs),
-        "cache_hit": all(r["cache_hit"] for r in runs),
-        "output": f"{len(runs)} result files, {sum(r['rows'] for r in runs)} rows",
+        "cache_hit": computed == 0,
+        "computed": computed,
+        "output": f"{len(runs)} result files ({computed} computed), "
+        f"{sum(r['rows'] for r in runs)} rows",
     }

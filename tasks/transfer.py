@@ -131,10 +131,14 @@ def _config(spec: Spec, mode: str, lr: float, seed: int) -> transfer_lib.Transfe
                                        batch_size=t.batch_size, max_len=t.max_len, seed=seed)
 
 
-def _sweep_settings(spec: Spec) -> dict[str, Any]:
-    """The sweep settings a result depends on (not the task list, checkpoints or adaptation:
-    those change which models exist, and each model has its own key)."""
-    return spec.transfer.model_dump(mode="json", exclude={"tasks", "checkpoints", "adapt"})
+RUN_SETTINGS = {"epochs", "patience", "batch_size", "max_len"}
+
+
+def _run_settings(spec: Spec) -> dict[str, Any]:
+    """The sweep settings one run's result depends on. The lists that say which runs exist
+    (tasks, families, modes, budgets, seeds, the rate grids: each run keys its own) are left
+    out, so adding a seed, a budget or a mode reuses every row already computed."""
+    return spec.transfer.model_dump(mode="json", include=RUN_SETTINGS)
 
 
 def _features_dir(spec: Spec, family: str) -> Path:
@@ -151,7 +155,7 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
     grid = spec.transfer.lrs[grid_key(mode)]
     key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
                        "mode": mode, "budget": budget, "seed": seed, "grid": grid,
-                       "transfer": _sweep_settings(spec), "rows": ROWS_VERSION,
+                       "transfer": _run_settings(spec), "rows": ROWS_VERSION,
                        "code": code_hash(CODE)})
     path = _result_path(spec, data.name, key)
     if (cached := _cached(spec, path)) is not None:
@@ -225,7 +229,7 @@ def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
     lr = spec.transfer.lrs["frozen"][0]
     key = "probe-" + stable_hash({
         "task": data.fingerprint, "family": family, "model": model["model_key"], "lr": lr,
-        "transfer": _sweep_settings(spec), "code": code_hash(CODE)})
+        "transfer": _run_settings(spec), "code": code_hash(CODE)})
     if (cached := _cached(spec, _result_path(spec, data.name, key))) is not None:
         return cached
     scores = transfer_lib.probe_layers(architecture(model), Path(model["model_dir"]), data,

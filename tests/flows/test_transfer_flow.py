@@ -114,3 +114,10 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     assert all(status.cached for status in plan(spec)), plan(spec)
     again = pipeline(spec, until="transfer")
     assert again["transfer"]["cache_hit"]
+
+    # Widening the sweep runs only what is new: every row already computed is reused.
+    wider = spec.model_copy(deep=True)
+    wider.transfer.modes.append("frozen:layer=0")
+    grown = pipeline(wider, until="transfer")["transfer"]
+    assert grown["runs"] > again["transfer"]["runs"]
+    assert grown["computed"] == grown["runs"] - again["transfer"]["runs"]

@@ -126,8 +126,9 @@ def _overall(hits: int, total: int) -> str:
 
 
 @contextmanager
-def open_catalog(store: Path) -> Iterator[QueryFn]:
-    """A query function on `<store>/catalog.duckdb`, opened read-only for the whole report."""
+def open_catalog(store: Path, experiment: str | None = None) -> Iterator[QueryFn]:
+    """A query function on `<store>/catalog.duckdb`, opened read-only for the whole report;
+    with `experiment`, it sees only that experiment's runs and result rows."""
     path = Layout.at(store).catalog
     if not path.is_file():
         raise ReportError(
@@ -135,7 +136,29 @@ def open_catalog(store: Path) -> Iterator[QueryFn]:
             "storage.catalog.refresh(store, tracking_uri))"
         )
     with duckdb.connect(str(path), read_only=True) as con:
+        if experiment is not None:
+            _scope_to_experiment(con, experiment)
         yield lambda sql: con.sql(sql).to_arrow_table()
+
+
+def _scope_to_experiment(con: duckdb.DuckDBPyConnection, experiment: str) -> None:
+    """Shadow `runs` and `results` with temp views of one experiment's runs (its own and its
+    `<experiment>/transfer/<task>` ones): one store holds every experiment run on it, and the
+    demo's report must not count the showcase's rows. Joins through `runs` follow the scope."""
+    present = {r[0] for r in con.sql("select view_name from duckdb_views()").fetchall()}
+    present |= {r[0] for r in con.sql("select table_name from duckdb_tables()").fetchall()}
+    if not {"runs", "results"} <= present:
+        return
+    db = con.sql("select current_database()").fetchall()[0][0]
+    name = experiment.replace("'", "''")
+    con.sql(
+        f'create temp view runs as select * from "{db}".main.runs '
+        f"where experiment = '{name}' or starts_with(experiment, '{name}/')"
+    )
+    con.sql(
+        f'create temp view results as select * from "{db}".main.results '
+        "where run_id in (select run_id from runs)"
+    )
 
 
 # `model` is the family, or family@model_version when a family has several versions (ablations).
@@ -1095,17 +1118,22 @@ def render_html(title: str, claims: list[Claim], sections: list[Section]) -> str
 
 
 def build_report(
-    store: Path, out_dir: Path, query: QueryFn | None = None, title: str = "pretrainlab report"
+    store: Path,
+    out_dir: Path,
+    query: QueryFn | None = None,
+    title: str = "pretrainlab report",
+    experiment: str | None = None,
 ) -> ReportResult:
     """Write report.md, report.html and the PNGs into `out_dir` from the store's catalog.
 
     `query` runs SQL on a refreshed catalog (default: `<store>/catalog.duckdb`, read-only);
-    refresh it before calling, since this layer cannot read MLflow itself.
+    refresh it before calling, since this layer cannot read MLflow itself. `experiment`
+    limits the default catalog to that experiment's runs and rows (default: the whole store).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if query is None:
-        with open_catalog(Path(store)) as run_query:
+        with open_catalog(Path(store), experiment) as run_query:
             return _build(Data(run_query), out_dir, title)
     return _build(Data(query), out_dir, title)
 

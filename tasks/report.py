@@ -26,7 +26,10 @@ def build_report(spec: Spec) -> dict[str, Any]:
     catalog.refresh(layout.store, spec.tracking_uri())
     out_dir = layout.report(spec.experiment)
     result = report_lib.build_report(
-        layout.store, out_dir, title=f"pretrainlab report: {spec.experiment}"
+        layout.store,
+        out_dir,
+        title=f"pretrainlab report: {spec.experiment}",
+        experiment=spec.experiment,
     )
     open_tracking(spec)
     with tracking.start_stage_run(

@@ -3,6 +3,7 @@ MLflow (SQLite under tmp) with pretrain runs, a refreshed DuckDB catalog, then t
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from storage.atomic import write_parquet
 from storage.catalog import RESULT_SCHEMA, refresh
 from storage.layout import Layout
 from storage.tracking import configure, log_metrics_safe, start_stage_run
+from tests.storage.lab_store import make_lab
 
 EXPERIMENT = "lab-pretrain"
 BERT_MODEL = "lab-bert"
@@ -371,3 +373,27 @@ def test_each_seed_keeps_the_rate_it_chose_on_dev(tmp_path: Path) -> None:
         stat = Data(query).score("polarity", "gpt", "finetune", "50")
     assert stat is not None and stat.n == 2
     assert stat.mean == pytest.approx((0.7 - 0.01 + 0.3) / 2)
+
+
+def test_report_of_one_experiment_leaves_out_the_others(tmp_path: Path) -> None:
+    """The demo and the showcase share a store: each report counts only its own runs."""
+    lab = make_lab(tmp_path)
+    other = dataclasses.replace(lab, experiment="other", versions={})
+    try:
+        mine = lab.pretrain("gpt", {}, {"valid_loss": 5.0})
+        theirs = other.pretrain("gpt", {}, {"valid_loss": 6.0})
+        lab.transfer(mine, "gpt", "polarity", "finetune", [0.7, 0.7])
+        other.transfer(theirs, "gpt", "polarity", "finetune", [0.4, 0.4])
+        refresh(lab.store, lab.uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    with open_catalog(lab.store, experiment="lab") as query:
+        data = Data(query)
+        experiments = {r["experiment"] for r in data.rows("select experiment from runs")}
+        assert experiments == {"lab", "lab/transfer/polarity"}
+        stat = data.score("polarity", "gpt", "finetune", "all")
+    assert stat is not None and stat.n == 2 and stat.mean == pytest.approx(0.7)
+    scoped = build_report(lab.store, tmp_path / "lab", experiment="lab").markdown_path.read_text()
+    assert "0.700" in scoped and "0.400" not in scoped
+    whole = build_report(lab.store, tmp_path / "all").markdown_path.read_text()
+    assert "| polarity | gpt | finetune | all | 0.550" in whole  # unscoped: both pooled as one

@@ -30,6 +30,7 @@ class Lab:
     client: MlflowClient
     age_s: float = 30 * DAY  # how far back runs are dated
     versions: dict[str, str] = field(default_factory=dict)  # run id -> version
+    experiment: str = EXPERIMENT
 
     @property
     def layout(self) -> Layout:
@@ -69,7 +70,7 @@ class Lab:
             "model_key": model_key or f"key{len(self.versions)}",
         }
         tags.update(extra_tags or {})
-        run_id = self._run(EXPERIMENT, f"pretrain-{family}", tags)
+        run_id = self._run(self.experiment, f"pretrain-{family}", tags)
         now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
@@ -78,7 +79,7 @@ class Lab:
         )
         self.client.log_text(run_id, "{}", "model/config.json")
         if register:
-            name = registry.registered_name(EXPERIMENT, family)
+            name = registry.registered_name(self.experiment, family)
             version = registry.register(name, run_id, "model", tags=tags, alias=alias)
             self.versions[run_id] = version.version
         return run_id
@@ -104,9 +105,9 @@ class Lab:
                 "mode": mode,
                 "pretrain_run_id": pretrain_run,
                 "model_version": version,
-                "registered_name": registry.registered_name(EXPERIMENT, family),
+                "registered_name": registry.registered_name(self.experiment, family),
             }
-            last = self._run(f"{EXPERIMENT}/transfer/{task}", f"{family}-{mode}/{task}", tags)
+            last = self._run(f"{self.experiment}/transfer/{task}", f"{family}-{mode}/{task}", tags)
             base = {
                 "run_id": last,
                 "task": task,

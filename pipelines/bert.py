@@ -365,6 +365,15 @@ class BERTObjective:
             self._samplers[split] = sampler
         return self._samplers[split]
 
+    def _replacement(self, split: str) -> tuple[float, float]:
+        """Chosen tokens -> ([MASK], random) shares. Train: the spec's mix. Valid: every chosen
+        token is [MASK]ed, so the valid MLM loss is prediction from context alone: with 10% left
+        unchanged, copying them would pass for learning against the unigram entropy, and two
+        masking mixes would be scored on different tasks."""
+        if split == "valid":
+            return 1.0, 0.0
+        return self.spec.mask_replace_prob, self.spec.random_replace_prob
+
     def example(self, split: str, *keys: int) -> dict[str, np.ndarray]:
         """One masked NSP example, every draw from one generator seeded by (seed, *keys)."""
         rng = np.random.default_rng([self.seed, *keys])
@@ -377,8 +386,7 @@ class BERTObjective:
             self.vocab.mask_id,
             rng,
             self.spec.mlm_probability,
-            self.spec.mask_replace_prob,
-            self.spec.random_replace_prob,
+            *self._replacement(split),
             special_ids=self.vocab.special_ids,
         )
         positions = np.flatnonzero(labels != IGNORE_INDEX)

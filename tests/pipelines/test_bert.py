@@ -282,6 +282,21 @@ def test_batches_are_masked_nsp_pairs(corpus):
     assert 0.1 < float(share) < 0.2
 
 
+def test_valid_batches_mask_every_chosen_token_whatever_the_training_mix(corpus):
+    """Valid MLM loss is prediction from context: no unchanged token to copy, one task for
+    every masking mix (so the unigram-entropy gap and the masking ablation compare)."""
+    vocab = corpus["vocab"]
+    for mix in ({}, {"mask_replace_prob": 0.0, "random_replace_prob": 0.0}):
+        objective = objective_for(corpus, tiny_spec(**mix))
+        for batch in objective.valid_batches(2):
+            labels = full_mlm_labels(batch)
+            chosen = labels != IGNORE_INDEX
+            assert chosen.any() and (batch["input_ids"][chosen] == vocab.mask_id).all()
+    train = objective.train_batch(1, 0, 1, 0, 1)  # the last mix: chosen tokens stay unchanged
+    chosen = full_mlm_labels(train) != IGNORE_INDEX
+    assert not (train["input_ids"][chosen] == vocab.mask_id).any()
+
+
 def test_global_batch_is_the_same_for_any_split_over_ranks_and_micro_batches(corpus):
     objective = objective_for(corpus, tiny_spec())
     whole = objective.train_batch(3, 0, 1, 0, 1)

@@ -125,6 +125,13 @@ def _overall(hits: int, total: int) -> str:
 # ---------------------------------------------------------------------------------- catalog
 
 
+# The catalog's tables and views by name (a store may lack some: each section checks).
+RELATIONS = (
+    "select table_name as name from duckdb_tables() union "
+    "select view_name from duckdb_views() where not internal"
+)
+
+
 @contextmanager
 def open_catalog(store: Path, experiment: str | None = None) -> Iterator[QueryFn]:
     """A query function on `<store>/catalog.duckdb`, opened read-only for the whole report;
@@ -145,8 +152,7 @@ def _scope_to_experiment(con: duckdb.DuckDBPyConnection, experiment: str) -> Non
     """Shadow `runs` and `results` with temp views of one experiment's runs (its own and its
     `<experiment>/transfer/<task>` ones): one store holds every experiment run on it, and the
     demo's report must not count the showcase's rows. Joins through `runs` follow the scope."""
-    present = {r[0] for r in con.sql("select view_name from duckdb_views()").fetchall()}
-    present |= {r[0] for r in con.sql("select table_name from duckdb_tables()").fetchall()}
+    present = {name for (name,) in con.sql(RELATIONS).fetchall()}
     if not {"runs", "results"} <= present:
         return
     db = con.sql("select current_database()").fetchall()[0][0]
@@ -190,10 +196,7 @@ class Data:
 
     def __init__(self, query: QueryFn) -> None:
         self.query = query
-        names = query(
-            "select table_name as name from duckdb_tables() union "
-            "select view_name from duckdb_views() where not internal"
-        ).column("name")
+        names = query(RELATIONS).column("name")
         self.relations = set(names.to_pylist())
         self.has_results = "results" in self.relations and self._count("results") > 0
         self.scores = self._scores() if self.has_results else {}

@@ -8,7 +8,7 @@ subprocess so peak RSS numbers are separate:
   (a) ceiling: pyarrow reads the file as lines (multi-threaded C++) and writes Parquet;
   (b) plain:   a single-process Python script doing the stage's work (decode, NFC, strip,
                sha256, dedup, doc_id/split, Parquet parts) the obvious way, line by line;
-  (c) stage:   pipelines.ingest.ingest.
+  (c) stage:   pipelines.data.ingest.ingest.
 The goal is (c)/(b) >= 1.0: the stage's checks (rejects, binary, bounded memory) must not
 cost more than they save. `--scale` also runs (c) at 10N MB: peak RSS should stay flat.
 """
@@ -38,7 +38,7 @@ def _sentences(workdir: Path) -> list[str]:
     import pyarrow.parquet as pq
     from gensim.test.utils import datapath
 
-    from pipelines.ingest import IngestSettings, SourceInput, ingest
+    from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
     lee = Path(datapath("lee_background.cor")).read_text(encoding="utf-8")
     wiki = Path(datapath(WIKI_SAMPLE))
@@ -127,7 +127,7 @@ def run_plain(src: Path, out: Path) -> dict:
 
 
 def run_stage(src: Path, out: Path) -> dict:
-    from pipelines.ingest import IngestSettings, SourceInput, ingest
+    from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
     stats = ingest(
         [SourceInput([src], label=str(src))], IngestSettings(rows_per_shard=ROWS_PER_SHARD), out
@@ -143,7 +143,7 @@ PROGRAMS = {"ceiling": run_ceiling, "plain": run_plain, "stage": run_stage}
 IMPORTS = {
     "ceiling": ["pyarrow.csv", "pyarrow.parquet"],
     "plain": ["pyarrow.parquet", "pandas"],
-    "stage": ["pipelines.ingest"],
+    "stage": ["pipelines.data.ingest"],
 }
 
 

@@ -1,4 +1,5 @@
-"""Pretraining throughput: the pretrainlab loop (`pipelines.training.train`) vs a bare torch loop.
+"""Pretraining throughput: the pretrainlab loop (`pipelines.training.loop.train`) vs a bare
+torch loop.
 
 Run:  .venv/bin/python -m benchmarks.pretrain [--families gpt] [--preset tiny|cpu|gpu] [--rounds 2]
 
@@ -39,9 +40,9 @@ import torch
 from benchmarks.common import Row as ResultRow
 from benchmarks.common import peak_rss_mb, reset_peak_rss, write_rows
 from benchmarks.tokenization import real_documents, write_corpus
-from pipelines.encoding import encode_corpus
-from pipelines.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
-from pipelines.training import Objective, lr_at, pick_device, train
+from pipelines.data.encoding import encode_corpus
+from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
+from pipelines.training.loop import Objective, lr_at, pick_device, train
 from pretrainlab.config import BPESpec, GPTSpec, LoopSpec, WordLevelSpec, WordPieceSpec
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -72,7 +73,7 @@ class Row:
 
 
 def gpt_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str) -> Setup:
-    from pipelines.gpt import GPTObjective, build_gpt
+    from pipelines.models.gpt import GPTObjective, build_gpt
 
     if preset == "gpu":  # GPT-2 small
         spec = GPTSpec(n_layer=12, n_head=12, n_embd=768, block_size=512, dropout=0.0)
@@ -100,7 +101,7 @@ ROWS: list[Row] = [
 
 
 def elmo_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str) -> Setup:
-    from pipelines.elmo import ELMo, ELMoObjective, config_from_spec
+    from pipelines.models.elmo import ELMo, ELMoObjective, config_from_spec
     from pretrainlab.config import ELMoSpec
 
     loop = LoopSpec(batch_size=64 if preset == "gpu" else 16, warmup_steps=5, max_steps=10**6)
@@ -128,9 +129,10 @@ ROWS.append(Row("elmo", "wordlevel", elmo_setup))
 
 def bert_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str) -> Setup:
     """MLM + NSP with the MLM head at the masked positions only, in both contenders (the
-    objective's loss); the full-vocabulary head is ~2-3x slower on CPU (see pipelines/bert.py)."""
-    from pipelines.bert import BERTObjective, BertVocab, build_bert
-    from pipelines.tokenizer_training import load_tokenizer
+    objective's loss); the full-vocabulary head is ~2-3x slower on CPU (see
+    pipelines/models/bert.py)."""
+    from pipelines.data.tokenizer_training import load_tokenizer
+    from pipelines.models.bert import BERTObjective, BertVocab, build_bert
     from pretrainlab.config import BERTSpec
 
     if preset == "gpu":  # BERT-base at the paper's phase-1 length
@@ -167,7 +169,7 @@ def word2vec_row(workdir: Path, megabytes: float, rounds: int, sg: bool = True) 
     """
     from gensim.models import Word2Vec
 
-    from pipelines.word2vec import ShardSentences, train_word2vec_on_shards, word_vocab
+    from pipelines.models.word2vec import ShardSentences, train_word2vec_on_shards, word_vocab
     from pretrainlab.config import Word2VecSpec
 
     tokens_dir, tokenizer_dir = prepare_tokens("wordlevel", workdir, megabytes)

@@ -6,8 +6,8 @@ The demo corpus (configs/demo.yaml's four sources, fetched by `pretrainlab data 
 ingested once to get its documents. For each size k the documents are written k times as one
 JSONL file, every copy's documents prefixed with the copy number so deduplication keeps them
 all. Then, each in a fresh process (so the peak RSS is that stage's own):
-- ingest: `pipelines.ingest.ingest` of the JSONL file into a corpus;
-- tokenise: `pipelines.encoding.encode_corpus` of that corpus (WordPiece 8k trained once on
+- ingest: `pipelines.data.ingest.ingest` of the JSONL file into a corpus;
+- tokenise: `pipelines.data.encoding.encode_corpus` of that corpus (WordPiece 8k trained once on
   x1, workers=1 so the whole stage lives in the measured process).
 Streaming stages should take time linear in the size and flat peak memory. The plot shows
 both; the rows give seconds, MB/s and peak RSS per size, and the x16/x1 growth of each.
@@ -38,7 +38,7 @@ TIME_PER_MB_GOAL = 1.3  # seconds per MB at the largest size / at x1: linear
 
 def demo_documents(workdir: Path) -> list[str]:
     """The demo corpus' documents, as the pipeline's ingest stage reads them."""
-    from pipelines.ingest import IngestSettings, SourceInput, ingest
+    from pipelines.data.ingest import IngestSettings, SourceInput, ingest
     from storage.demo_data import dataset_files, dataset_format, dataset_text_field
 
     sources = [
@@ -76,11 +76,11 @@ def write_copies(docs: list[str], copies: int, path: Path) -> int:
 
 def run_stage(stage: str, src: Path, out: Path, tokenizer: Path) -> dict:
     if stage == "ingest":
-        from pipelines.ingest import IngestSettings, SourceInput, ingest
+        from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
         stats = ingest([SourceInput([src], format="jsonl", label="scaled")], IngestSettings(), out)
         return {"docs": stats["docs_written"]}
-    from pipelines.encoding import encode_corpus
+    from pipelines.data.encoding import encode_corpus
 
     stats = encode_corpus(src, tokenizer, out, "bert", MAX_SENTENCE_TOKENS, workers=1)
     return {"tokens": stats["tokens"]}
@@ -88,8 +88,8 @@ def run_stage(stage: str, src: Path, out: Path, tokenizer: Path) -> dict:
 
 def measure_here(stage: str, src: Path, out: Path, tokenizer: Path) -> None:
     """Child: import first (not timed), run one stage, print seconds and peak RSS as JSON."""
-    import pipelines.encoding
-    import pipelines.ingest
+    import pipelines.data.encoding
+    import pipelines.data.ingest
 
     del pipelines  # imported for their start-up cost only
 
@@ -110,7 +110,7 @@ def measure(stage: str, src: Path, out: Path, tokenizer: Path) -> dict:
 
 
 def sweep(sizes: list[int], workdir: Path) -> dict[str, list[dict]]:
-    from pipelines.tokenizer_training import save_tokenizer, train_tokenizer
+    from pipelines.data.tokenizer_training import save_tokenizer, train_tokenizer
     from pretrainlab.config import WordPieceSpec
 
     docs = demo_documents(workdir)

@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from benchmarks.common import Row, peak_rss_mb, print_rows, reset_peak_rss, write_rows
-from pipelines.encoding import encode_corpus
-from pipelines.sentences import split_sentences
-from pipelines.tokenizer_training import save_tokenizer, train_tokenizer
+from pipelines.data.encoding import encode_corpus
+from pipelines.data.sentences import split_sentences
+from pipelines.data.tokenizer_training import save_tokenizer, train_tokenizer
 from pretrainlab.config import WordPieceSpec
 
 WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

@@ -2,15 +2,16 @@
 
 Run:  .venv/bin/python -m benchmarks.transfer [--families gpt bert] [--preset tiny|cpu] [--rounds 4]
 
-A GPT and a BERT are pretrained for a few steps (`pipelines.pretraining.pretrain`, real text
+A GPT and a BERT are pretrained for a few steps
+(`pipelines.training.pretraining.pretrain`, real text
 through the real tokenizer and encoding stages) and saved as model directories. A sentence
 classification task is made from real sentences. Then, per family, in one run:
-- frozen features: `pipelines.transfer.frozen_features` (no cache) vs a bare loop that loads
+- frozen features: `pipelines.transfer.runs.frozen_features` (no cache) vs a bare loop that loads
   the same model directory, tokenizes with the same specials and max_len, runs batches of 32
   under no_grad with every hidden state and reads each layer at the family's token ([CLS] for
   BERT, the last token for GPT). Timed end to end (load, tokenize, forward); the two must give
   the same features. Examples/s over train+dev+test.
-- fine-tuning: `pipelines.transfer.run_transfer` in `finetune` mode vs a bare loop (the same
+- fine-tuning: `pipelines.transfer.runs.run_transfer` in `finetune` mode vs a bare loop (the same
   pre-tokenized inputs, a linear head on the top layer's token, AdamW with the encoder at a
   tenth of the head's rate, shuffled batches, a dev pass per epoch). Both stamp the end of
   every epoch (pretrainlab through `on_epoch`); examples/s = (train + dev examples) / the
@@ -18,7 +19,7 @@ classification task is made from real sentences. Then, per family, in one run:
 Contenders run interleaved for `--rounds` rounds; the best figure of each is kept, and the
 notes add the ratio by CPU time (examples per CPU-second), steadier on a shared machine. The
 ratio is pretrainlab / bare (goal >= 0.9).
-Transfer runs on the CPU in pipelines/transfer.py, so both contenders run there.
+Transfer runs on the CPU in pipelines/transfer/runs.py, so both contenders run there.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ import torch.nn.functional as F
 from benchmarks.common import Row, peak_rss_mb, print_rows, reset_peak_rss, write_rows
 from benchmarks.pretrain import prepare_tokens
 from benchmarks.tokenization import real_documents
-from pipelines.pretraining import PretrainJob, load_pretrained, pretrain
-from pipelines.sentences import split_sentences
-from pipelines.task_data import Example, TaskData
-from pipelines.transfer import EpochMetrics, TransferConfig, frozen_features, run_transfer
+from pipelines.data.sentences import split_sentences
+from pipelines.data.task_data import Example, TaskData
+from pipelines.models.saved import load_pretrained
+from pipelines.training.pretraining import PretrainJob, pretrain
+from pipelines.transfer.runs import EpochMetrics, TransferConfig, frozen_features, run_transfer
 from pretrainlab.config import Spec, spec_from_dict
 
 GOAL = 0.9

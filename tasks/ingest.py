@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import pipelines.ingest as ingest_lib
+import pipelines.data.ingest as ingest_lib
 from pretrainlab.config import SourceSpec, Spec
 from storage import demo_data, remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest

@@ -27,7 +27,7 @@ import mlflow
 import torch
 import torch.distributed as dist
 
-import pipelines.pretraining as pretraining
+import pipelines.training.pretraining as pretraining
 from pretrainlab.config import LaunchSpec, PretrainlabError, Spec, spec_from_dict
 from storage import tracking
 from storage.atomic import write_json

@@ -18,8 +18,8 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import pipelines.adaptation as adaptation
-import pipelines.pretraining as pretraining
+import pipelines.training.adaptation as adaptation
+import pipelines.training.pretraining as pretraining
 from pretrainlab.config import PretrainlabError, Spec
 from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, exclusive, read_manifest, write_json, write_manifest

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-import pipelines.report as report_lib
+import pipelines.report.report as report_lib
 from pretrainlab.config import Spec
 from storage import catalog, tracking
 from storage.layout import Layout

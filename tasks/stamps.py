@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.task_data import task_files
+from pipelines.data.task_data import task_files
 from pretrainlab.config import Spec
 from storage.atomic import is_complete, write_json
 from storage.hashing import sha256_file, source_tree_hash, stable_hash

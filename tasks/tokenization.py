@@ -20,9 +20,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
-import pipelines.encoding as encoding_lib
-import pipelines.sentences as sentences_lib
-import pipelines.tokenizer_training as tokenizer_lib
+import pipelines.data.encoding as encoding_lib
+import pipelines.data.sentences as sentences_lib
+import pipelines.data.tokenizer_training as tokenizer_lib
 from pretrainlab.config import Spec
 from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest

@@ -21,11 +21,11 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-import pipelines.baselines as baselines_lib
-import pipelines.checkpoints as checkpoints_lib
-import pipelines.heads as heads_lib
-import pipelines.task_data as task_data_lib
-import pipelines.transfer as transfer_lib
+import pipelines.data.task_data as task_data_lib
+import pipelines.models.hf_import as checkpoints_lib
+import pipelines.transfer.baselines as baselines_lib
+import pipelines.transfer.heads as heads_lib
+import pipelines.transfer.runs as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec
 from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parquet

@@ -49,7 +49,7 @@ def test_every_package_imports_from_the_wheel(wheel: Path, tmp_path: Path) -> No
         "pretrainlab.cli",
         "flows.pipeline",
         "tasks.ingest",
-        "pipelines.ingest",
+        "pipelines.data.ingest",
         "storage.catalog",
     ]
     code = (

@@ -61,7 +61,7 @@ def test_peak_rss_restarts_per_contender() -> None:
 
 
 def test_scaling_copies_are_unique_and_rows_judge_growth(tmp_path: Path) -> None:
-    from pipelines.ingest import IngestSettings, SourceInput, ingest
+    from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
     docs = ["One document.", "Another document, a little longer.", "One document."]
     size = write_copies(docs, 3, tmp_path / "x3.jsonl")

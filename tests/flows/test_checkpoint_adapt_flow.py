@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from flows.transfer import transfer
-from pipelines.pretraining import load_pretrained
+from pipelines.models.saved import load_pretrained
 from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog
 from tests.pipelines.hf_checkpoints import save_bert_checkpoint, sentences

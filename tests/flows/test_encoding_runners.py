@@ -12,7 +12,7 @@ import pytest
 
 from flows.ingest import ingest
 from flows.tokenization import tokenization
-from pipelines.encoding import EncodingError
+from pipelines.data.encoding import EncodingError
 from pretrainlab.config import Spec, spec_from_dict
 from storage.atomic import MANIFEST
 from storage.layout import Layout

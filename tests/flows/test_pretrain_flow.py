@@ -10,7 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import pipelines.pretraining as pretraining
+import pipelines.models.saved as saved
+import pipelines.training.pretraining as pretraining
 from flows.pipeline import pipeline, plan
 from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog, registry
@@ -51,7 +52,7 @@ def test_pretrain_registers_every_family_and_caches(tmp_path: Path) -> None:
 
     # Anyone can load a registered version by alias and get a ready model + tokenizer.
     resolved = registry.resolve("models:/pretest-gpt@candidate")
-    model, tokenizer = pretraining.load_pretrained("gpt", registry.download(resolved))
+    model, tokenizer = saved.load_pretrained("gpt", registry.download(resolved))
     ids = torch.tensor([tokenizer("Pretraining helps.")["input_ids"]])
     assert model(ids).logits.shape[-1] == len(tokenizer)
 

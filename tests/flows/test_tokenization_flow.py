@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from flows.pipeline import pipeline, plan
-from pipelines.tokenizer_training import load_tokenizer, read_meta
+from pipelines.data.tokenizer_training import load_tokenizer, read_meta
 from pretrainlab.config import spec_from_dict
 from storage import catalog
 from storage.layout import Layout

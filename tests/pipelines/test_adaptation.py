@@ -9,18 +9,23 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import pipelines.elmo as elmo
-from pipelines.adaptation import (
+import pipelines.models.elmo as elmo
+from pipelines.data.task_data import Example, TaskData
+from pipelines.data.tokenizer_training import (
+    TOKENIZER_SUBDIR,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
+from pipelines.models.hf_import import import_checkpoint, inspect_checkpoint
+from pipelines.models.saved import load_pretrained
+from pipelines.training.adaptation import (
     AdaptationError,
     AdaptJob,
     adapt,
     task_texts,
     write_task_shards,
 )
-from pipelines.checkpoints import import_checkpoint, inspect_checkpoint
-from pipelines.pretraining import TOKENIZER_SUBDIR, load_pretrained
-from pipelines.task_data import Example, TaskData
-from pipelines.tokenizer_training import load_tokenizer, save_tokenizer, train_tokenizer
 from pretrainlab.config import ELMoSpec, SpecError, WordLevelSpec, spec_from_dict
 from tests.pipelines.hf_checkpoints import save_bert_checkpoint, save_gpt2_checkpoint, sentences
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.baselines import baseline, most_frequent_tag, tfidf_logreg
-from pipelines.task_data import Example, TaskData, TaskDataError, load_task, take_budget
+from pipelines.data.task_data import Example, TaskData, TaskDataError, load_task, take_budget
+from pipelines.transfer.baselines import baseline, most_frequent_tag, tfidf_logreg
 from pretrainlab.config import TaskSpec
 from storage import demo_data
 

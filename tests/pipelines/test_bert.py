@@ -18,7 +18,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.bert import (
+from pipelines.data.lm_data import LMDataError, open_split
+from pipelines.data.sentences import split_sentences
+from pipelines.data.tokenizer_training import (
+    load_raw_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    train_tokenizer,
+)
+from pipelines.models.bert import (
     IS_NEXT,
     NOT_NEXT,
     BertError,
@@ -34,16 +42,8 @@ from pipelines.bert import (
     max_predictions,
     save_bert,
 )
-from pipelines.lm_data import LMDataError, open_split
-from pipelines.masking import IGNORE_INDEX
-from pipelines.sentences import split_sentences
-from pipelines.tokenizer_training import (
-    load_raw_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-    train_tokenizer,
-)
-from pipelines.training import train
+from pipelines.models.masking import IGNORE_INDEX
+from pipelines.training.loop import train
 from pretrainlab.config import BERTSpec, LoopSpec, WordPieceSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -479,9 +479,9 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import torch
 import torch.distributed as dist
-from pipelines.bert import BERTObjective, BertVocab, build_bert
-from pipelines.tokenizer_training import load_tokenizer
-from pipelines.training import init_distributed, train
+from pipelines.models.bert import BERTObjective, BertVocab, build_bert
+from pipelines.data.tokenizer_training import load_tokenizer
+from pipelines.training.loop import init_distributed, train
 from pretrainlab.config import BERTSpec
 
 run = json.loads(Path(sys.argv[1]).read_text())

@@ -12,11 +12,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertModel, GPT2LMHeadModel
 
-from pipelines.checkpoints import CheckpointError, import_checkpoint, inspect_checkpoint
-from pipelines.heads import family_inputs, load_encoder
-from pipelines.pretraining import load_pretrained
-from pipelines.task_data import Example, TaskData
-from pipelines.transfer import TransferConfig, polysemy_similarity, probe_layers, run_transfer
+from pipelines.data.task_data import Example, TaskData
+from pipelines.models.hf_import import CheckpointError, import_checkpoint, inspect_checkpoint
+from pipelines.models.saved import load_pretrained
+from pipelines.transfer.heads import family_inputs, load_encoder
+from pipelines.transfer.runs import TransferConfig, polysemy_similarity, probe_layers, run_transfer
 from tests.pipelines.hf_checkpoints import save_bert_checkpoint, save_gpt2_checkpoint, sentences
 
 MODES = ("scratch", "frozen", "finetune", "partial:1")

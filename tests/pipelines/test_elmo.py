@@ -18,7 +18,11 @@ import pytest
 import torch
 from gensim.test.utils import datapath
 
-from pipelines.elmo import (
+from pipelines.data.encoding import TOKENS_SCHEMA
+from pipelines.data.lm_data import LMDataError
+from pipelines.data.sentences import split_sentences
+from pipelines.data.tokenizer_training import train_tokenizer
+from pipelines.models.elmo import (
     ELMo,
     ELMoConfig,
     ELMoError,
@@ -28,11 +32,7 @@ from pipelines.elmo import (
     load_elmo,
     save_elmo,
 )
-from pipelines.encoding import TOKENS_SCHEMA
-from pipelines.lm_data import LMDataError
-from pipelines.sentences import split_sentences
-from pipelines.tokenizer_training import train_tokenizer
-from pipelines.training import train
+from pipelines.training.loop import train
 from pretrainlab.config import ELMoSpec, LoopSpec, WordLevelSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -369,8 +369,8 @@ def test_two_process_ddp_run_finishes_and_checkpoints(corpus: dict, tmp_path: Pa
             f"""
             import json, sys
             import torch, torch.distributed as dist
-            from pipelines.elmo import ELMo, ELMoObjective, config_from_spec
-            from pipelines.training import train
+            from pipelines.models.elmo import ELMo, ELMoObjective, config_from_spec
+            from pipelines.training.loop import train
             from pretrainlab.config import ELMoSpec, LoopSpec
 
             dist.init_process_group("gloo")

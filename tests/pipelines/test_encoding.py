@@ -12,7 +12,7 @@ import pytest
 from gensim.test.utils import datapath
 from tokenizers import Tokenizer
 
-from pipelines.encoding import (
+from pipelines.data.encoding import (
     TOKENIZER_ID_KEY,
     TOKENS_SCHEMA,
     EncodingError,
@@ -21,8 +21,8 @@ from pipelines.encoding import (
     read_token_ids,
     shards_tokenizer_id,
 )
-from pipelines.sentences import split_sentences
-from pipelines.tokenizer_training import (
+from pipelines.data.sentences import split_sentences
+from pipelines.data.tokenizer_training import (
     TOKENIZER_FILE,
     TokenizerError,
     TokenizerMismatchError,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.gpt import (
+from pipelines.data.lm_data import unigram_entropy
+from pipelines.models.gpt import (
     GPTError,
     build_gpt,
     causal_lm_loss,
@@ -20,8 +21,7 @@ from pipelines.gpt import (
     load_gpt,
     save_gpt,
 )
-from pipelines.lm_data import unigram_entropy
-from pipelines.training import seed_everything, train
+from pipelines.training.loop import seed_everything, train
 from pretrainlab.config import GPTSpec
 
 sys.path.insert(0, str(Path(__file__).parent))  # spawned DDP ranks import tiny_lm by name

@@ -1,4 +1,4 @@
-"""pipelines.ingest: every source format, cleaning, dedup, splits, rejects and errors.
+"""pipelines.data.ingest: every source format, cleaning, dedup, splits, rejects and errors.
 
 Data is written by the tests into tmp_path, plus small real slices shipped with gensim
 (the Lee news corpus and the Wikipedia dump sample).
@@ -21,8 +21,8 @@ import pytest
 import zstandard
 from gensim.test.utils import datapath
 
-import pipelines.ingest as ingest_mod
-from pipelines.ingest import (
+import pipelines.data.ingest as ingest_mod
+from pipelines.data.ingest import (
     CORPUS_SCHEMA,
     REJECTS_SCHEMA,
     IngestError,

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.encoding import EncodingError
-from pipelines.lm_data import (
+from pipelines.data.batches import micro_examples
+from pipelines.data.encoding import EncodingError
+from pipelines.data.lm_data import (
     LMDataError,
     PackedBlocks,
     open_split,
@@ -21,7 +22,6 @@ from pipelines.lm_data import (
     unigram_entropy,
     valid_blocks,
 )
-from pipelines.training import micro_examples
 
 spec_ = importlib.util.spec_from_file_location(
     "tiny_lm_data", Path(__file__).with_name("tiny_lm.py")
@@ -128,7 +128,7 @@ def test_valid_blocks_come_from_the_valid_split_and_are_fixed(corpus, tmp_path):
 
 
 def test_gpt_batches_are_deterministic_per_step_and_compose_across_ranks(corpus, tmp_path):
-    from pipelines.gpt import GPTObjective
+    from pipelines.models.gpt import GPTObjective
 
     make = lambda: GPTObjective(corpus["tokens_dir"], 16, 0, EOS, 8, tmp_path)  # noqa: E731
     one, other = make(), make()

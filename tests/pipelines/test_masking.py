@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.masking import IGNORE_INDEX, mask_tokens
+from pipelines.models.masking import IGNORE_INDEX, mask_tokens
 
 VOCAB = 1000
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4

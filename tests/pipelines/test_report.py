@@ -1,4 +1,5 @@
-"""pipelines.report on a real store: result rows written as Parquet with storage.atomic, a real
+"""pipelines.report.report on a real store: result rows written as Parquet with
+storage.atomic, a real
 MLflow (SQLite under tmp) with pretrain runs, a refreshed DuckDB catalog, then the report."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.report import (
+from pipelines.report.report import (
     NOT_MEASURED,
     PARTLY,
     SUPPORTED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.scalar_mix import ScalarMix, ScalarMixError
+from pipelines.models.scalar_mix import ScalarMix, ScalarMixError
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from gensim.test.utils import datapath
 
-from pipelines.sentences import split_sentences
+from pipelines.data.sentences import split_sentences
 
 
 @pytest.mark.parametrize(

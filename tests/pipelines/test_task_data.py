@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.task_data import Example, TaskDataError, _input_key, _unit, load_task, take_budget
+from pipelines.data.task_data import (
+    Example,
+    TaskDataError,
+    _input_key,
+    _unit,
+    load_task,
+    take_budget,
+)
 from pretrainlab.config import TaskSpec
 from storage import demo_data
 

@@ -15,7 +15,7 @@ import pytest
 from gensim.test.utils import datapath
 from tokenizers import Tokenizer
 
-from pipelines.tokenizer_training import (
+from pipelines.data.tokenizer_training import (
     KINDS,
     META_FILE,
     TOKENIZER_FILE,

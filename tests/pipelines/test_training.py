@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.training import (
+from pipelines.data.batches import micro_examples, seeded_generator
+from pipelines.training.loop import (
     CheckpointError,
     TrainingError,
     checkpoint_path,
     load_checkpoint,
     lr_at,
-    micro_examples,
-    seeded_generator,
     train,
 )
 from pretrainlab.config import LoopSpec

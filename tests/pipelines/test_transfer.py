@@ -2,7 +2,8 @@
 finetune, partial), the frozen feature cache, early stopping and span F1.
 
 The four models are really pretrained (a few steps) on a little real text (gensim's Lee news
-corpus) once per module, with the project's tokenizers and `pipelines.pretraining.pretrain`.
+corpus) once per module, with the project's tokenizers and
+`pipelines.training.pretraining.pretrain`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import pipelines.transfer as transfer
-from pipelines.heads import encode_examples, family_inputs, load_encoder, pooled_states
-from pipelines.pretraining import PretrainJob, load_pretrained, pretrain
-from pipelines.task_data import Example, TaskData
-from pipelines.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
-from pipelines.transfer import (
+import pipelines.transfer.runs as transfer
+from pipelines.data.task_data import Example, TaskData
+from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
+from pipelines.models.saved import load_pretrained
+from pipelines.training.pretraining import PretrainJob, pretrain
+from pipelines.transfer.heads import encode_examples, family_inputs, load_encoder, pooled_states
+from pipelines.transfer.runs import (
     Mode,
     TransferConfig,
     TransferError,

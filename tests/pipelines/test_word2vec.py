@@ -14,10 +14,10 @@ from gensim.models import Word2Vec
 from gensim.test.utils import datapath
 from gensim.utils import simple_preprocess
 
-from pipelines.encoding import TOKENS_SCHEMA
-from pipelines.sentences import split_sentences
-from pipelines.tokenizer_training import save_tokenizer, train_tokenizer
-from pipelines.word2vec import (
+from pipelines.data.encoding import TOKENS_SCHEMA
+from pipelines.data.sentences import split_sentences
+from pipelines.data.tokenizer_training import save_tokenizer, train_tokenizer
+from pipelines.models.word2vec import (
     ALPHA,
     MIN_ALPHA,
     ShardSentences,

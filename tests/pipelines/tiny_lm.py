@@ -44,7 +44,11 @@ def build_corpus(root: Path, vocab_size: int = 400, docs: int | None = None) -> 
 
     Every 10th document is `valid`. Returns paths and the ids the GPT needs.
     """
-    from pipelines.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
+    from pipelines.data.tokenizer_training import (
+        load_raw_tokenizer,
+        save_tokenizer,
+        train_tokenizer,
+    )
     from pretrainlab.config import BPESpec
 
     documents = lee_documents(docs)
@@ -104,8 +108,8 @@ def tiny_gpt_spec(loop: dict | None = None, **model: object):
 
 
 def build_model_and_objective(corpus: dict, spec, cache_dir: Path):
-    from pipelines.gpt import GPTObjective, build_gpt
-    from pipelines.training import seed_everything
+    from pipelines.models.gpt import GPTObjective, build_gpt
+    from pipelines.training.loop import seed_everything
 
     seed_everything(spec.loop.seed)
     model = build_gpt(spec, corpus["vocab_size"], corpus["pad_id"], corpus["eos_id"])
@@ -125,7 +129,7 @@ def main(run_file: str) -> None:
     """Train per RUN.json: {corpus, loop, model, checkpoint_dir, cache_dir, sleep_per_log}."""
     import torch
 
-    from pipelines.training import train
+    from pipelines.training.loop import train
 
     run = json.loads(Path(run_file).read_text())
     torch.set_num_threads(1)
@@ -153,7 +157,7 @@ def ddp_worker(rank: int, world: int, port: int, run: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from pipelines.training import init_distributed, train
+    from pipelines.training.loop import init_distributed, train
 
     os.environ.update(
         {

@@ -15,7 +15,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines.ingest as ingest_lib
+import pipelines.data.ingest as ingest_lib
 from pretrainlab.config import spec_from_dict
 from storage import remote
 from storage.atomic import MANIFEST, atomic_dir, read_manifest, write_json, write_manifest

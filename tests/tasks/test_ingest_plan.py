@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pipelines.ingest as ingest_lib
+import pipelines.data.ingest as ingest_lib
 from pretrainlab.config import spec_from_dict
 from tasks.ingest import plan_corpus_plain
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import pipelines.pretraining as pretraining
+import pipelines.models.saved as saved
+import pipelines.training.pretraining as pretraining
 from flows.pipeline import pipeline
 from pretrainlab.config import Spec, SpecError, spec_from_dict
 from storage import registry
@@ -56,7 +57,7 @@ def test_two_gloo_ranks_train_register_and_log_once(tmp_path: Path) -> None:
     # The registered version loads and runs; only rank 0's model and checkpoint exist.
     version = client.get_model_version_by_alias("ddptest-gpt", "candidate")
     assert version.run_id == run.info.run_id
-    gpt, tokenizer = pretraining.load_pretrained(
+    gpt, tokenizer = saved.load_pretrained(
         "gpt", registry.download(registry.resolve("models:/ddptest-gpt@candidate"))
     )
     ids = torch.tensor([tokenizer("Pretraining helps.")["input_ids"]])
@@ -76,8 +77,8 @@ def test_two_gloo_ranks_train_register_and_log_once(tmp_path: Path) -> None:
         single / "model",
     )
     pretraining.pretrain(spec, job, lambda metrics, step: None)
-    one, _ = pretraining.load_pretrained("gpt", single / "model")
-    two, _ = pretraining.load_pretrained("gpt", model["model_dir"])
+    one, _ = saved.load_pretrained("gpt", single / "model")
+    two, _ = saved.load_pretrained("gpt", model["model_dir"])
     for name, value in one.state_dict().items():
         assert torch.allclose(value, two.state_dict()[name], atol=1e-5, rtol=0), name
 

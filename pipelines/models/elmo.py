@@ -20,7 +20,7 @@ as the paper describes, top to bottom:
    token (backward LM). Loss = mean of the two NLLs (see `ELMo.forward`).
 4. Per token three representations (`elmo_layer_states`), each of width 2 * embedding_dim:
    layer 0 = [e; e] (the embedding duplicated to match the biLSTM width), layer 1 =
-   [fwd1; bwd1], layer 2 = [fwd2; bwd2]. Downstream mixes them with `pipelines.scalar_mix`.
+   [fwd1; bwd1], layer 2 = [fwd2; bwd2]. Downstream mixes them with `pipelines.models.scalar_mix`.
 
 Softmax choice (`ELMoSpec.softmax`): "adaptive" (default) is `nn.AdaptiveLogSoftmaxWithLoss`
 (Grave et al. 2017). The full softmax costs embedding_dim x vocab multiply-adds per token and
@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipelines.lm_data import PackedBlocks, TokenSplit, open_split, valid_blocks
-from pipelines.training import Batch, micro_examples
+from pipelines.data.batches import Batch, micro_examples
+from pipelines.data.lm_data import PackedBlocks, TokenSplit, open_split, valid_blocks
 from pretrainlab.config import ELMoSpec, PretrainlabError
 from storage.atomic import atomic_path, write_json
 

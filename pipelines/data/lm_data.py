@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.encoding import token_parts
+from pipelines.data.encoding import token_parts
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_manifest
 
 SPLITS = ("train", "valid")

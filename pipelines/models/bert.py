@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,12 @@ from safetensors import SafetensorError
 from transformers import BertConfig, BertForPreTraining, PreTrainedTokenizerFast
 from transformers.utils import ModelOutput
 
-from pipelines.lm_data import TokenSplit, open_split
-from pipelines.masking import IGNORE_INDEX, mask_tokens
-from pipelines.tokenizer_training import META_FILE, TOKENIZER_FILE, load_tokenizer
-from pipelines.training import micro_examples
+from pipelines.data.batches import micro_examples
+from pipelines.data.lm_data import TokenSplit, open_split
+from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_tokenizer, ship_tokenizer
+from pipelines.models.masking import IGNORE_INDEX, mask_tokens
 from pretrainlab.config import BERTSpec, PretrainlabError
 
-TOKENIZER_SUBDIR = "tokenizer"  # a saved model keeps the tokenizer it was trained with here
 TRAIN_STREAM, VALID_STREAM = 0, 1  # keep train and valid example seeds apart
 IS_NEXT, NOT_NEXT = 0, 1  # BertForPreTraining's next_sentence_label convention
 
@@ -329,7 +327,7 @@ def encode_pair(pair: Pair, vocab: BertVocab, max_seq_len: int) -> dict[str, np.
 
 
 class BERTObjective:
-    """MLM + NSP for the shared training loop (pipelines/training.py's `Objective`).
+    """MLM + NSP for the shared training loop (pipelines/training/loop.py's `Objective`).
 
     Example i of step t is a pure function of (seed, t, i): its pair and its masking are drawn
     from generators seeded by those keys, so any split of the global batch over micro-batches
@@ -497,9 +495,7 @@ def save_bert(model: BertForPreTraining, tokenizer_dir: str | Path, out_dir: str
     tokenizer = load_tokenizer(tokenizer_dir)  # verified: a corrupt tokenizer is never shipped
     check_vocab(model.config.vocab_size, len(tokenizer), f"saving to {out_dir}")
     model.save_pretrained(out_dir)
-    (out_dir / TOKENIZER_SUBDIR).mkdir(parents=True, exist_ok=True)
-    for name in (TOKENIZER_FILE, META_FILE):
-        shutil.copy2(tokenizer_dir / name, out_dir / TOKENIZER_SUBDIR / name)
+    ship_tokenizer(tokenizer_dir, out_dir)
     return out_dir
 
 

@@ -8,7 +8,7 @@ does: the target domain's raw text is what the stage is for, and it carries no a
 
 The texts become token shards in the encoding stage's format (one sentence per text,
 consecutive texts grouped into documents so BERT's next-sentence pairs exist), and the
-shared training loop (`pipelines/training.py`) runs `max_steps` more steps with the model's
+shared training loop (`pipelines/training/loop.py`) runs `max_steps` more steps with the model's
 own tokenizer, a short warm-up and its checkpoints (a killed run resumes). The summary
 records the valid loss on held-out task text before and after: the number that says whether
 the model moved toward the task's domain.
@@ -16,7 +16,6 @@ the model moved toward the task's domain.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +24,19 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import torch
 
-import pipelines.bert as bert
-import pipelines.elmo as elmo
-import pipelines.gpt as gpt
-import pipelines.training as training
-from pipelines.encoding import TOKENIZER_ID_KEY, TOKENS_SCHEMA
-from pipelines.pretraining import TOKENIZER_SUBDIR, load_pretrained
-from pipelines.tokenizer_training import load_raw_tokenizer
+import pipelines.models.bert as bert
+import pipelines.models.elmo as elmo
+import pipelines.models.gpt as gpt
+import pipelines.training.loop as training
+from pipelines.data.encoding import TOKENIZER_ID_KEY, TOKENS_SCHEMA
+from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_raw_tokenizer, ship_tokenizer
+from pipelines.models.saved import load_pretrained
 from pretrainlab.config import ADAPTABLE, LoopSpec, PretrainlabError, Spec
 from storage.atomic import atomic_dir, is_complete, read_manifest, write_manifest, write_parquet
 from storage.hashing import stable_hash
 
 if TYPE_CHECKING:
-    from pipelines.task_data import TaskData
+    from pipelines.data.task_data import TaskData
 
 DOC_TEXTS = 8  # texts per pseudo-document: BERT's NSP needs sentence-to-sentence transitions
 VALID_SHARE = 0.1  # documents held out to measure the loss before and after adaptation
@@ -187,7 +186,7 @@ def _save(job: AdaptJob, model: Any) -> None:
         bert.save_bert(model, tokenizer_dir, job.out_dir)
     else:
         elmo.save_elmo(model, job.out_dir)
-        shutil.copytree(tokenizer_dir, job.out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+        ship_tokenizer(tokenizer_dir, job.out_dir)
 
 
 def adapt(spec: Spec, job: AdaptJob, log: LogFn, stop_at_step: int | None = None) -> dict:

@@ -52,8 +52,8 @@ from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import train_batch_cbow, train_batch_sg
 from gensim.test.utils import datapath
 
-from pipelines.encoding import token_parts
-from pipelines.tokenizer_training import load_raw_tokenizer
+from pipelines.data.encoding import token_parts
+from pipelines.data.tokenizer_training import load_raw_tokenizer
 from pretrainlab.config import PretrainlabError, Word2VecSpec
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_json, write_manifest
 

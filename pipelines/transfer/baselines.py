@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from pipelines.task_data import Example, TaskData, TaskDataError
+from pipelines.data.task_data import Example, TaskData, TaskDataError
 
 Scores = dict[str, dict[str, float]]
 TOKEN_PATTERN = r"(?u)\b\w+\b"  # keeps one-letter words ("a", "I") and any script's words

@@ -7,25 +7,23 @@ word frequencies: its valid loss next to the unigram entropy of the same tokens.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pipelines.bert as bert
-import pipelines.elmo as elmo
-import pipelines.gpt as gpt
-import pipelines.lm_data as lm_data
-import pipelines.masking as masking
-import pipelines.training as training
-import pipelines.word2vec as word2vec
-from pipelines.tokenizer_training import load_tokenizer
+import pipelines.data.lm_data as lm_data
+import pipelines.models.bert as bert
+import pipelines.models.elmo as elmo
+import pipelines.models.gpt as gpt
+import pipelines.models.masking as masking
+import pipelines.models.word2vec as word2vec
+import pipelines.training.loop as training
+from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import PretrainlabError, Spec
 
 FAMILIES = ("word2vec", "elmo", "gpt", "bert")
-TOKENIZER_SUBDIR = "tokenizer"  # every saved model ships the tokenizer it was trained with
 # The code that computes each family's weights: editing any of it invalidates cached models.
 CODE: dict[str, list[ModuleType]] = {
     "word2vec": [word2vec],
@@ -49,10 +47,6 @@ class PretrainJob:
     out_dir: Path  # the final model: weights + tokenizer/
     budget_tokens: int | None = None
     budget_minutes: float | None = None
-
-
-def _copy_tokenizer(job: PretrainJob) -> None:
-    shutil.copytree(job.tokenizer_dir, job.out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
 
 
 def _lm_summary(result: training.TrainResult, entropy: float, n_params: int) -> dict[str, Any]:
@@ -160,7 +154,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     )
     result = _train(model, objective, loop, job, log, stop_at_step)
     elmo.save_elmo(model, job.out_dir)
-    _copy_tokenizer(job)
+    ship_tokenizer(job.tokenizer_dir, job.out_dir)
     # The loss is the mean of the two directions' NLL: per token, like the unigram entropy.
     summary = _lm_summary(result, objective.unigram_entropy(), _n_params(model))
     return summary
@@ -180,7 +174,7 @@ def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None
     )
     scores = word2vec.intrinsic_eval(vectors)
     word2vec.save_vectors(vectors, job.out_dir, meta={"scores": scores})
-    _copy_tokenizer(job)
+    ship_tokenizer(job.tokenizer_dir, job.out_dir)
     vector_flops = 6 * spec.pretrain.word2vec.vector_size * (spec.pretrain.word2vec.negative + 1)
     return {
         "epochs": result.epochs_done,
@@ -220,18 +214,3 @@ def pretrain(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None 
         and (gap < spec.pretrain.unigram_gap_nats * (2 if job.family == "elmo" else 1))
     )
     return summary
-
-
-def load_pretrained(family: str, directory: str | Path) -> tuple[Any, Any]:
-    """A saved model of `family` and the tokenizer it was trained with, ready to use."""
-    directory = Path(directory)
-    tokenizer_dir = directory / TOKENIZER_SUBDIR
-    if family == "gpt":
-        return gpt.load_gpt(directory)
-    if family == "bert":
-        return bert.load_bert(directory)
-    if family == "elmo":
-        return elmo.load_elmo(directory), load_tokenizer(tokenizer_dir)
-    if family == "word2vec":
-        return word2vec.load_vectors(directory), load_tokenizer(tokenizer_dir)
-    raise PretrainError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")

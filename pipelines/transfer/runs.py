@@ -12,7 +12,8 @@ Modes (`TransferConfig.mode`):
   loaded layers stay fixed. word2vec has no layers: partial is an error.
 
 Which layers a trained encoder's head reads: BERT and GPT the top layer, ELMo a scalar mix of
-all three (it was never used otherwise), word2vec its one layer. See `pipelines/heads.py` for
+all three (it was never used otherwise), word2vec its one layer. See
+`pipelines/transfer/heads.py` for
 the inputs, pooling and the linear head.
 
 Frozen mode runs the encoder ONCE per (model, task): the pooled per-layer features of every
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 
-from pipelines.heads import (
+from pipelines.transfer.heads import (
     Encoded,
     Encoder,
     TaskHead,
@@ -53,7 +54,7 @@ from storage.atomic import atomic_dir, is_complete, write_manifest
 from storage.hashing import stable_hash
 
 if TYPE_CHECKING:
-    from pipelines.task_data import Example, TaskData
+    from pipelines.data.task_data import Example, TaskData
 
 ENCODER_LR_SCALE = 0.1  # pretrained weights move 10x slower than the head
 SPLITS = ("train", "dev", "test")

@@ -31,8 +31,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from pipelines.sentences import CJK_CHARS, CJK_RE, split_sentences
-from pipelines.tokenizer_training import (
+from pipelines.data.sentences import CJK_CHARS, CJK_RE, split_sentences
+from pipelines.data.tokenizer_training import (
     KINDS,
     TokenizerMismatchError,
     corpus_parts,

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import re
+import shutil
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers.processors import ByteLevel as ByteLevelProcessor
 from tokenizers.processors import TemplateProcessing
 
-from pipelines.sentences import CJK_CHARS
+from pipelines.data.sentences import CJK_CHARS
 from pretrainlab.config import BPESpec, PretrainlabError, WordLevelSpec, WordPieceSpec
 from storage.atomic import write_bytes, write_json
 from storage.hashing import SHORT, sha256_bytes, sha256_file
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
+TOKENIZER_SUBDIR = "tokenizer"  # every saved model ships the tokenizer it was trained with
 TRAIN_BATCH_ROWS = 1024  # Parquet rows read at a time: bounded memory on any corpus size
 SHORT_VOCAB = 0.9  # a vocabulary under 90% of the requested size is flagged in the stats
 _ID_SHAPE = re.compile(rf"[0-9a-f]{{{SHORT}}}")
@@ -409,3 +411,13 @@ def check_same_tokenizer(expected_id: str, actual_id: str, what: str) -> None:
             f"given tokenizer {actual_id}; use the tokenizer stored with it "
             f"(tokenizers/{expected_id}) or rebuild it from tokenizer {actual_id}"
         )
+
+
+def ship_tokenizer(tokenizer_dir: str | Path, model_dir: str | Path) -> Path:
+    """Copy a verified tokenizer next to a model's weights (`<model_dir>/tokenizer/`)."""
+    tokenizer_dir, target = Path(tokenizer_dir), Path(model_dir) / TOKENIZER_SUBDIR
+    _read_verified(tokenizer_dir)  # a corrupt tokenizer is never shipped
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (TOKENIZER_FILE, META_FILE):
+        shutil.copy2(tokenizer_dir / name, target / name)
+    return target

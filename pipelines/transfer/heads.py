@@ -28,16 +28,17 @@ import torch
 from torch import nn
 from transformers import GPT2LMHeadModel
 
-from pipelines.bert import BertForMaskedPositionsPreTraining, bert_layer_states
-from pipelines.elmo import ELMo, elmo_layer_states
-from pipelines.gpt import gpt_layer_states
-from pipelines.pretraining import TOKENIZER_SUBDIR, load_pretrained
-from pipelines.scalar_mix import ScalarMix
-from pipelines.word2vec import aligned_vectors, word2vec_layer_states, word_vocab
+from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR
+from pipelines.models.bert import BertForMaskedPositionsPreTraining, bert_layer_states
+from pipelines.models.elmo import ELMo, elmo_layer_states
+from pipelines.models.gpt import gpt_layer_states
+from pipelines.models.saved import load_pretrained
+from pipelines.models.scalar_mix import ScalarMix
+from pipelines.models.word2vec import aligned_vectors, word2vec_layer_states, word_vocab
 from pretrainlab.config import PretrainlabError
 
 if TYPE_CHECKING:
-    from pipelines.task_data import Example
+    from pipelines.data.task_data import Example
 
 KINDS = ("classify", "pair", "tag", "wic")
 Group = tuple[int, tuple[int, ...]]  # (sequence index, token positions to average)

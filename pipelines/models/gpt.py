@@ -3,14 +3,13 @@
 The model is `transformers.GPT2LMHeadModel` built from a `GPT2Config` (no hub access), so a
 saved model loads anywhere with `from_pretrained`. Training data: the train split's documents
 joined with <|endoftext|> and cut into blocks of `block_size` tokens (GPT-2's packing; see
-`pipelines/lm_data.py`); the loss is next-token cross-entropy at every position.
+`pipelines/data/lm_data.py`); the loss is next-token cross-entropy at every position.
 
 References: Radford et al. 2018/2019 (GPT, GPT-2); karpathy/nanoGPT (model.py, the FLOPs count).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,12 +17,10 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from pipelines.lm_data import PackedBlocks, open_split, packed_stream, valid_blocks
-from pipelines.tokenizer_training import load_tokenizer
-from pipelines.training import micro_examples
+from pipelines.data.batches import micro_examples
+from pipelines.data.lm_data import PackedBlocks, open_split, packed_stream, valid_blocks
+from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_tokenizer, ship_tokenizer
 from pretrainlab.config import GPTSpec
-
-TOKENIZER_SUBDIR = "tokenizer"  # the verified tokenizer directory, copied next to the weights
 
 
 class GPTError(ValueError):
@@ -162,7 +159,7 @@ def save_gpt(model: GPT2LMHeadModel, tokenizer_dir: str | Path, out_dir: str | P
     """Weights as safetensors (`save_pretrained`) + the tokenizer directory under tokenizer/."""
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
-    shutil.copytree(tokenizer_dir, out_dir / TOKENIZER_SUBDIR, dirs_exist_ok=True)
+    ship_tokenizer(tokenizer_dir, out_dir)
     return out_dir
 
 

@@ -32,13 +32,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelines.data.batches import Batch
 from pretrainlab.config import LoopSpec
 from storage.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "pretrainlab-checkpoint-v1"
 
-Batch = dict[str, torch.Tensor]
 LogFn = Callable[[dict[str, float], int], None]
 
 
@@ -84,28 +84,6 @@ class TrainResult:
     last_valid_loss: float | None
     stopped_reason: str  # max_steps | budget_tokens | budget_minutes | sigterm | stop_at_step
     resumed_from: int  # step of the checkpoint this call started from (0 = fresh)
-
-
-# ----------------------------------------------------------------------------- helpers for families
-
-
-def seeded_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from integer keys, e.g. (seed, step, example_index)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)
-    generator = torch.Generator()
-    generator.manual_seed(int(state[0] >> np.uint64(1)))
-    return generator
-
-
-def micro_examples(batch_size: int, micro: int, n_micro: int, rank: int, world: int) -> range:
-    """Indexes (within the step's global batch) of the examples in one rank's micro-batch.
-
-    Every (micro, rank) pair gets a disjoint slice and together they cover range(batch_size),
-    so a batch built per example index is the same global batch in 1 process or N.
-    """
-    per_micro = batch_size // (n_micro * world)
-    start = (micro * world + rank) * per_micro
-    return range(start, start + per_micro)
 
 
 def lr_at(step: int, loop: LoopSpec) -> float:

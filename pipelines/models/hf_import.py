@@ -22,9 +22,9 @@ from typing import Any
 from transformers import AutoTokenizer, GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
-from pipelines.bert import BertForMaskedPositionsPreTraining
-from pipelines.pretraining import TOKENIZER_SUBDIR, load_pretrained
-from pipelines.tokenizer_training import META_FILE, TOKENIZER_FILE
+from pipelines.data.tokenizer_training import META_FILE, TOKENIZER_FILE, TOKENIZER_SUBDIR
+from pipelines.models.bert import BertForMaskedPositionsPreTraining
+from pipelines.models.saved import load_pretrained
 from pretrainlab.config import PretrainlabError
 from storage.atomic import write_bytes, write_json
 from storage.hashing import SHORT, sha256_bytes, sha256_file, stable_hash

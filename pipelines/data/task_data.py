@@ -3,7 +3,13 @@
 A task's splits are part of its identity: when dev/test files are absent they are carved from
 train by a hash of each example's inputs, so the same example always lands in the same split,
 whatever else the file holds (the split is stable when the file grows, and duplicates never
-straddle train and test). `max_examples` keeps the first examples of each split in hash order.
+straddle train and test). The carving is stratified: a label that the hash put only in dev/test
+but that has two or more examples gets its lowest-hash carrier moved back to train.
+`max_examples` keeps the first examples of each split in hash order, the capped train first
+taking one carrier of every train label (rarest first) so the cap loses no label.
+
+A label that still occurs only outside train (a tag seen once, in test) is kept: the head cannot
+predict it, so it is scored as an error, and `TaskData.unseen_labels` counts it per split.
 Every problem is a TaskDataError naming the file and line; nothing is silently dropped.
 
 Demo datasets name their own columns (`demo_data.task_fields`) and the split of each task file
@@ -17,10 +23,11 @@ import csv
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.data import task_splits
 from pretrainlab.config import PretrainlabError, TaskSpec
 from storage import demo_data
 from storage.hashing import SHORT, canonical_json, sha256_bytes
@@ -63,8 +70,11 @@ class TaskData:
     train: tuple[Example, ...]
     dev: tuple[Example, ...]
     test: tuple[Example, ...]
-    labels: tuple[str, ...]  # sorted label set (for tag: the tag set)
+    labels: tuple[str, ...]  # sorted labels of the train split: the classes a head predicts
     fingerprint: str  # hash of the three splits' content (for cache keys)
+    unseen: tuple[str, ...] = ()  # sorted labels found only in dev/test: scored, never predicted
+    # split -> how many items (examples; words when tagging) carry an unseen label
+    unseen_labels: dict[str, int] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -88,11 +98,6 @@ def _content_key(example: Example) -> str:
     fields = [example.text_a, example.text_b, example.words, example.tags, example.label]
     fields += [example.span_a, example.span_b]
     return sha256_bytes(canonical_json(fields).encode("utf-8"))
-
-
-def _unit(key: str) -> float:
-    """A hash as a number in [0, 1)."""
-    return int(key[:16], 16) / float(1 << 64)
 
 
 def fingerprint(kind: str, splits: dict[str, Sequence[Example]]) -> str:
@@ -299,79 +304,65 @@ def _sources(spec: TaskSpec, data_dir: Path | None) -> tuple[dict[str, list[Path
     files: dict[str, list[Path]] = defaultdict(list)
     for split, path in zip(demo_data.task_splits(spec.dataset), paths, strict=True):
         files[split].append(path)
-    for field, column in demo_data.task_fields(spec.dataset).items():
-        if field not in spec.model_fields_set:  # what the spec names explicitly wins
-            fields[field] = column
+    for name, column in demo_data.task_fields(spec.dataset).items():
+        if name not in spec.model_fields_set:  # what the spec names explicitly wins
+            fields[name] = column
     declared = spec.format if spec.format != "auto" else demo_data.task_format(spec.dataset)
     return dict(files), declared, fields
-
-
-def _carve(
-    examples: list[_Located], dev_fraction: float, test_fraction: float, need: set[str]
-) -> dict[str, list[_Located]]:
-    """Train/dev/test by a hash of each example's inputs: stable, duplicates stay together."""
-    out: dict[str, list[_Located]] = {s: [] for s in SPLITS}
-    test_cut = test_fraction if "test" in need else 0.0
-    dev_cut = test_cut + (dev_fraction if "dev" in need else 0.0)
-    for item in examples:
-        u = _unit(_input_key(item.example))
-        out["test" if u < test_cut else "dev" if u < dev_cut else "train"].append(item)
-    return out
-
-
-def _cap(items: list[_Located], limit: int | None) -> list[_Located]:
-    """The first `limit` examples in hash order, kept in file order."""
-    if limit is None or len(items) <= limit:
-        return items
-    kept = set(sorted(range(len(items)), key=lambda i: _input_key(items[i].example))[:limit])
-    return [item for i, item in enumerate(items) if i in kept]
 
 
 def _labels_of(example: Example) -> Iterable[str]:
     return example.tags if example.words else (example.label,)
 
 
-def _check_labels(spec: TaskSpec, raw: dict[str, list[_Located]], carved: bool) -> None:
-    """Every dev/test label occurs in the train file; the train file has at least two."""
-    if not raw["train"]:
-        raise TaskDataError(
-            f"task {spec.name!r}: no train examples are left after the hash split; lower "
-            "dev_fraction / test_fraction or add examples"
-        )
-    seen = {label for item in raw["train"] for label in _labels_of(item.example)}
+def _keyed(items: Sequence[_Located]) -> tuple[list[task_splits.Key], list[frozenset[str]]]:
+    """Each example as `task_splits` sees it: its hash keys and its labels."""
+    keys = [(_input_key(item.example), _content_key(item.example)) for item in items]
+    return keys, [frozenset(_labels_of(item.example)) for item in items]
+
+
+def _carve(
+    examples: list[_Located], fractions: dict[str, float], given: Counter[str]
+) -> dict[str, list[_Located]]:
+    """Train and the missing dev/test splits carved from the train file (see task_splits)."""
+    where = task_splits.carve(*_keyed(examples), fractions, given)
+    return {s: [item for item, w in zip(examples, where, strict=True) if w == s] for s in SPLITS}
+
+
+def _cap(items: list[_Located], limit: int | None, cover: bool) -> list[_Located]:
+    return [items[i] for i in task_splits.cap(*_keyed(items), limit, cover)]
+
+
+def _check_splits(spec: TaskSpec, splits: dict[str, list[_Located]]) -> None:
+    """Every split has examples and train at least two labels; dev/test labels need not be in
+    train (they are scored as errors)."""
+    for split in SPLITS:
+        if not splits[split]:
+            raise TaskDataError(
+                f"task {spec.name!r}: the {split} split is empty; give a {split} file, add "
+                f"examples or lower dev_fraction / test_fraction"
+            )
+    seen = {label for item in splits["train"] for label in _labels_of(item.example)}
     if len(seen) < 2:
         raise TaskDataError(
             f"task {spec.name!r}: the train data has a single label {sorted(seen)}; a task "
             "needs at least two (check label_field)"
         )
-    for split in ("dev", "test"):
-        for item in raw[split]:
-            unseen = sorted(set(_labels_of(item.example)) - seen)
-            if unseen:
-                how = "after the hash split" if carved else "in the train file(s)"
-                raise TaskDataError(
-                    f"{item.where}: label(s) {unseen} of the {split} split never occur {how}; "
-                    "add train examples of them or fix the label"
-                )
 
 
-def _check_classes(spec: TaskSpec, splits: dict[str, list[_Located]], labels: set[str]) -> None:
-    for split in SPLITS:
-        if not splits[split]:
-            raise TaskDataError(
-                f"task {spec.name!r}: the {split} split is empty; give a {split} file, add "
-                f"examples or raise {split}_fraction"
-            )
-    if spec.kind == "tag":
-        return
-    counts = Counter(item.example.label for item in splits["train"])
-    empty = sorted(labels - counts.keys())
-    if empty:
-        raise TaskDataError(
-            f"task {spec.name!r}: class(es) {empty} have no train example after splitting "
-            f"(max_examples={spec.max_examples}, train counts {dict(sorted(counts.items()))}); "
-            "add examples, raise max_examples or lower dev/test fractions"
+def _unseen(examples: dict[str, tuple[Example, ...]]) -> tuple[set[str], dict[str, Counter]]:
+    """The train labels, and per dev/test split the count of each label train never has."""
+    labels = {label for example in examples["train"] for label in _labels_of(example)}
+    unseen = {
+        split: Counter(
+            label
+            for example in examples[split]
+            for label in _labels_of(example)
+            if label not in labels
         )
+        for split in ("dev", "test")
+    }
+    return labels, unseen
 
 
 def task_files(spec: TaskSpec, data_dir: Path | None = None) -> list[Path]:
@@ -400,13 +391,19 @@ def load_task(spec: TaskSpec, data_dir: Path | None = None) -> TaskData:
     }
     missing = {s for s in ("dev", "test") if not files.get(s)}
     if missing:
-        carved = _carve(raw["train"], spec.dev_fraction, spec.test_fraction, missing)
+        fractions = {s: getattr(spec, f"{s}_fraction") for s in missing}
+        given = Counter(  # examples per label in the dev/test files given as such
+            label
+            for s in {"dev", "test"} - missing
+            for item in raw[s]
+            for label in set(_labels_of(item.example))
+        )
+        carved = _carve(raw["train"], fractions, given)
         raw = {s: raw[s] if s not in missing and s != "train" else carved[s] for s in SPLITS}
-    _check_labels(spec, raw, carved=bool(missing))
-    splits = {s: _cap(raw[s], spec.max_examples) for s in SPLITS}
-    labels = {label for s in SPLITS for item in raw[s] for label in _labels_of(item.example)}
-    _check_classes(spec, splits, labels)
+    splits = {s: _cap(raw[s], spec.max_examples, cover=s == "train") for s in SPLITS}
+    _check_splits(spec, splits)
     examples = {s: tuple(item.example for item in splits[s]) for s in SPLITS}
+    labels, unseen = _unseen(examples)
     return TaskData(
         name=spec.name,
         kind=spec.kind,
@@ -415,6 +412,8 @@ def load_task(spec: TaskSpec, data_dir: Path | None = None) -> TaskData:
         test=examples["test"],
         labels=tuple(sorted(labels)),
         fingerprint=fingerprint(spec.kind, examples),
+        unseen=tuple(sorted(set(unseen["dev"]) | set(unseen["test"]))),
+        unseen_labels={split: sum(counts.values()) for split, counts in unseen.items()},
     )
 
 

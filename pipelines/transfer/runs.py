@@ -181,7 +181,7 @@ def _metrics(
         "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
     }
     if task.kind == "tag" and is_bio(task.labels):
-        names = np.asarray(task.labels)
+        names = np.asarray(task.labels + task.unseen)
         cuts = list(itertools.pairwise(item_offsets))
         metrics["span_f1"] = span_f1(
             [list(names[gold[a:b]]) for a, b in cuts], [list(names[pred[a:b]]) for a, b in cuts]
@@ -210,7 +210,10 @@ class Split:
 
 
 def _split(task: TaskData, examples: Sequence[Example], name: str) -> Split:
-    index = {label: i for i, label in enumerate(task.labels)}
+    """Label indices: the head predicts `task.labels`; a dev/test label train never has
+    (`task.unseen`) gets an index past the head's outputs, so it is always scored wrong."""
+    scored = task.labels + (task.unseen if name != "train" else ())
+    index = {label: i for i, label in enumerate(scored)}
     labels, offsets = [], [0]
     for n, ex in enumerate(examples):
         values = ex.tags if task.kind == "tag" else (ex.label,)
@@ -223,7 +226,7 @@ def _split(task: TaskData, examples: Sequence[Example], name: str) -> Split:
             if value not in index:
                 raise TransferError(
                     f"task {task.name}, {name} example {n}: label {value!r} is not in the "
-                    f"task's label set {list(task.labels)}"
+                    f"task's label set {list(scored)}"
                 )
             labels.append(index[value])
         offsets.append(len(labels))

@@ -12,10 +12,10 @@ from pipelines.data.task_data import (
     Example,
     TaskDataError,
     _input_key,
-    _unit,
     load_task,
     take_budget,
 )
+from pipelines.data.task_splits import unit as _unit
 from pretrainlab.config import TaskSpec
 from storage import demo_data
 

@@ -24,6 +24,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,12 @@ class _Located:
 
     example: Example
     where: str  # "path:line"
+
+    @cached_property
+    def keys(self) -> task_splits.Key:
+        """Its input hash (computed once: carving and capping both sort by it), then its labels
+        to order examples with the same inputs."""
+        return _input_key(self.example), (self.example.tags, self.example.label)
 
 
 # --- hashing ---------------------------------------------------------------------------------
@@ -317,8 +324,7 @@ def _labels_of(example: Example) -> Iterable[str]:
 
 def _keyed(items: Sequence[_Located]) -> tuple[list[task_splits.Key], list[frozenset[str]]]:
     """Each example as `task_splits` sees it: its hash keys and its labels."""
-    keys = [(_input_key(item.example), _content_key(item.example)) for item in items]
-    return keys, [frozenset(_labels_of(item.example)) for item in items]
+    return [item.keys for item in items], [frozenset(_labels_of(item.example)) for item in items]
 
 
 def _carve(
@@ -330,6 +336,8 @@ def _carve(
 
 
 def _cap(items: list[_Located], limit: int | None, cover: bool) -> list[_Located]:
+    if limit is None or len(items) <= limit:
+        return items
     return [items[i] for i in task_splits.cap(*_keyed(items), limit, cover)]
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
-SPLITS = ("train", "dev", "test")
-Key = tuple[str, str]  # (hash of the inputs, hash of the whole example): sorts = hash order
+Key = tuple[str, Any]  # (hash of the inputs, what orders examples with equal inputs): hash order
 
 
 def unit(key: str) -> float:

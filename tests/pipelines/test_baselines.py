@@ -61,3 +61,12 @@ def test_wrong_kind_is_refused() -> None:
     text = TaskData("c", "classify", (), (), (), ("0", "1"), "f")
     with pytest.raises(TaskDataError, match="use tfidf_logreg"):
         most_frequent_tag(text, ())
+
+
+def test_a_label_train_never_has_counts_wrong_and_enters_macro_f1() -> None:
+    train = (Example(words=("a", "b"), tags=("X", "Y")),) * 3
+    test = (Example(words=("a", "c"), tags=("X", "Z")),)  # Z: only in test (unseen)
+    task = TaskData("t", "tag", train, test, test, ("X", "Y"), "f", ("Z",), {"dev": 1, "test": 1})
+    scores = most_frequent_tag(task, train)["test"]
+    assert scores["accuracy"] == 0.5  # "c" gets the fallback tag, never Z
+    assert scores["macro_f1"] == pytest.approx(1 / 3)  # X = 1, Y = 0 (a false guess), Z = 0

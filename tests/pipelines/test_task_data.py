@@ -1,13 +1,20 @@
-"""Task loading on real slices of the demo data and on broken files the tests write."""
+"""Task loading on real slices of the demo data and on files the tests write: broken ones, and
+long-tail labels (stratified splits, a cap that keeps labels, a tag seen once in test carried
+through transfer)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+import pipelines.transfer.runs as transfer
 from pipelines.data.task_data import (
     Example,
     TaskDataError,
@@ -16,8 +23,13 @@ from pipelines.data.task_data import (
     take_budget,
 )
 from pipelines.data.task_splits import unit as _unit
-from pretrainlab.config import TaskSpec
+from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
+from pipelines.training.pretraining import PretrainJob, pretrain
+from pipelines.transfer.baselines import most_frequent_tag
+from pipelines.transfer.runs import TransferConfig, run_transfer
+from pretrainlab.config import TaskSpec, spec_from_dict
 from storage import demo_data
+from tests.pipelines.tiny_lm import SCHEMA, lee_documents
 
 DEMO = ["polarity-sentences", "bible-paraphrase", "pos-oanc", "wic-wordnet"]
 
@@ -203,29 +215,64 @@ def test_wic_span_outside_the_sentence(tmp_path: Path) -> None:
         load_task(_spec(kind="wic", train=str(path)))
 
 
-def test_label_only_in_test(tmp_path: Path) -> None:
+def test_a_label_only_in_a_given_test_file_is_kept_and_counted(tmp_path: Path) -> None:
     train = _csv(tmp_path / "train.csv", _polarity_rows(20))
-    test = _csv(tmp_path / "test.csv", ["fine,1", "weird,2"])
-    with pytest.raises(TaskDataError, match=r"test\.csv:3: label\(s\) \['2'\] of the test split"):
-        load_task(_spec(train=str(train), test=str(test)))
+    test = _csv(tmp_path / "test.csv", ["fine,1", "weird,2", "odd,2"])
+    task = load_task(_spec(train=str(train), test=str(test)))
+    assert task.labels == ("0", "1") and task.unseen == ("2",)
+    assert task.unseen_labels == {"dev": 0, "test": 2}
+    assert [e.label for e in task.test] == ["1", "2", "2"]
 
 
-def test_empty_class_after_splitting(tmp_path: Path) -> None:
-    lone = next(  # a sentence whose hash puts it in test (u < test_fraction)
-        t for i in range(100) if _unit(_input_key(Example(text_a=(t := f"neutral {i}")))) < 0.5
-    )
-    rows = [*_polarity_rows(40), f"{lone},2"]
-    carved = _spec(train=str(_csv(tmp_path / "a.csv", rows)), test_fraction=0.5, dev_fraction=0.2)
-    with pytest.raises(
-        TaskDataError,
-        match=r"a\.csv:42: label\(s\) \['2'\] of the test split never occur after the hash split",
-    ):
-        load_task(carved)
-    dev = _csv(tmp_path / "dev.csv", ["dev one,0", "dev two,1"])
-    train = _csv(tmp_path / "b.csv", [*_polarity_rows(200), "the one neutral sentence,2"])
-    capped = _spec(train=str(train), dev=str(dev), test=str(dev), max_examples=5)
-    with pytest.raises(TaskDataError, match=r"class\(es\) \['2'\] have no train example after"):
-        load_task(capped)
+def _outside_train(prefix: str, n: int, cut: float = 0.3) -> list[str]:
+    """`n` texts whose input hash puts them in dev or test (u < dev + test fraction)."""
+    texts = (f"{prefix} {i}" for i in range(1000))
+    return [t for t in texts if _unit(_input_key(Example(text_a=t))) < cut][:n]
+
+
+def test_a_one_example_label_stays_where_the_hash_puts_it(tmp_path: Path) -> None:
+    [lone] = _outside_train("neutral", 1, cut=0.2)  # test_fraction 0.2: it lands in test
+    task = load_task(_spec(train=str(_csv(tmp_path / "a.csv", [*_polarity_rows(40), f"{lone},2"]))))
+    assert [e.text_a for e in task.test if e.label == "2"] == [lone]
+    assert task.unseen == ("2",) and task.unseen_labels == {"dev": 0, "test": 1}
+    assert "2" not in task.labels  # the head has no output for it: always scored wrong
+
+
+def test_stratified_split_puts_a_two_example_label_in_train(tmp_path: Path) -> None:
+    pair = _outside_train("neutral", 2)  # the plain hash split puts both in dev/test
+    rows = [*_polarity_rows(60), *(f"{text},2" for text in pair)]
+    task = load_task(_spec(train=str(_csv(tmp_path / "a.csv", rows))))
+    first = min(pair, key=lambda t: _input_key(Example(text_a=t)))
+    assert [e.text_a for e in task.train if e.label == "2"] == [first]
+    assert task.labels == ("0", "1", "2") and task.unseen == ()
+    assert task.unseen_labels == {"dev": 0, "test": 0}
+    # Order-independent: the same examples in another order give the same splits.
+    shuffled = load_task(_spec(train=str(_csv(tmp_path / "b.csv", rows[::-1]))))
+    for split in ("train", "dev", "test"):
+        assert set(getattr(shuffled, split)) == set(getattr(task, split)), split
+
+
+def _conll(path: Path, sentences: list[tuple[list[str], list[str]]]) -> Path:
+    blocks = ["\n".join(f"{w}\t{t}" for w, t in zip(*s, strict=True)) for s in sentences]
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path
+
+
+def test_max_examples_keeps_every_train_label(tmp_path: Path) -> None:
+    sentences = [([f"w{i}", "runs"], ["NN", "VB"]) for i in range(300)]
+    rare = [  # three sentences in train (u >= 0.3) and late in hash order (u > 0.9)
+        ([w, "hops"], ["NN", "RARE"])
+        for w in (f"r{i}" for i in range(2000))
+        if _unit(_input_key(Example(words=(w, "hops")))) > 0.9
+    ][:3]
+    path = _conll(tmp_path / "a.conll", sentences + rare)
+    full = load_task(_spec(kind="tag", train=str(path)))
+    capped = load_task(_spec(kind="tag", train=str(path), max_examples=20))
+    assert len(capped.train) == 20 and set(capped.train) <= set(full.train)
+    assert capped.labels == full.labels == ("NN", "RARE", "VB")
+    assert sum("RARE" in e.tags for e in capped.train) == 1
+    in_hash_order = sorted(full.train, key=_input_key)[:20]  # what the cap kept before
+    assert not any("RARE" in e.tags for e in in_hash_order)
 
 
 def test_empty_file_and_unknown_format(tmp_path: Path) -> None:
@@ -275,3 +322,86 @@ def test_budget_for_tags_and_too_large_budgets() -> None:
         take_budget(sentences, 51, seed=0)
     with pytest.raises(TaskDataError, match="positive integer"):
         take_budget(sentences, 0, seed=0)
+
+
+# --- a long-tail tag through transfer ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def word2vec_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A word2vec model really pretrained (one epoch) on a little news text."""
+    root = tmp_path_factory.mktemp("w2v")
+    spec = spec_from_dict(
+        {
+            "experiment": "long-tail",
+            "store": str(root / "store"),
+            "corpus": {"sources": [{"dataset": "lee-news", "limit": 60}]},
+            "tokenizers": {"word": {"vocab_size": 2000, "min_count": 1}},
+            "pretrain": {"word2vec": {"vector_size": 8, "epochs": 1, "workers": 1}},
+        }
+    )
+    docs = lee_documents(60)
+    save_tokenizer(train_tokenizer(spec.tokenizers.word, docs), root / "tokenizer")
+    raw, _ = load_raw_tokenizer(root / "tokenizer")
+    rows = [
+        {
+            "doc_id": f"d{d}",
+            "sent_idx": i,
+            "split": "valid" if d % 10 == 9 else "train",
+            "ids": e.ids,
+        }
+        for d, text in enumerate(docs)
+        for i, e in enumerate(raw.encode_batch(_lee_sentences(text), add_special_tokens=False))
+    ]
+    (root / "tokens").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, SCHEMA), root / "tokens" / "part-00000.parquet")
+    job = PretrainJob(
+        "word2vec", root / "tokens", root / "tokenizer", root / "work", root / "model"
+    )
+    pretrain(spec, job, lambda metrics, step: None)
+    return root / "model"
+
+
+def _lee_sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+
+
+def _bio(words: list[str]) -> list[str]:
+    """Numbers are B-NUM spans, everything else O."""
+    return ["B-NUM" if w[:1].isdigit() else "O" for w in words]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_tag_seen_once_in_test_trains_and_is_scored_wrong(
+    tmp_path: Path, word2vec_model: Path
+) -> None:
+    texts = [s for d in lee_documents(60) for s in _lee_sentences(d) if 5 <= len(s.split()) <= 20]
+    sentences = [(s.split(), _bio(s.split())) for s in texts[:150]]
+    lone = next(  # a sentence the hash puts in test (u < test_fraction)
+        i
+        for i, (words, _) in enumerate(sentences)
+        if _unit(_input_key(Example(words=tuple(words)))) < 0.2
+    )
+    sentences[lone][1][0] = "B-RARE"  # its first word carries a tag no other word has
+    task = load_task(
+        _spec(name="names", kind="tag", train=str(_conll(tmp_path / "n.conll", sentences)))
+    )
+    assert task.labels == ("B-NUM", "O") and task.unseen == ("B-RARE",)
+    assert task.unseen_labels == {"dev": 0, "test": 1}
+    n_test = sum(len(e.words) for e in task.test)
+
+    config = TransferConfig(
+        "finetune", lr=1e-2, epochs=2, patience=2, batch_size=16, max_len=64, seed=0
+    )
+    result = run_transfer("word2vec", word2vec_model, task, task.train, config)
+    assert set(result.test) == {"accuracy", "macro_f1", "span_f1"}
+    assert result.test["accuracy"] <= (n_test - 1) / n_test
+
+    # The unseen word's gold index lies past the head's outputs: a prediction right on every
+    # other word scores exactly (n - 1) / n, and the B-RARE span is a missed span.
+    test = transfer._splits(task, task.train)["test"]
+    assert int((test.labels >= len(task.labels)).sum()) == 1
+    best = np.where(test.labels < len(task.labels), test.labels, 0)
+    scores = transfer._metrics(task, test.labels, best, test.item_offsets)
+    assert scores["accuracy"] == (n_test - 1) / n_test and scores["span_f1"] < 1.0
+    assert most_frequent_tag(task, task.train)["test"]["accuracy"] <= (n_test - 1) / n_test

@@ -346,9 +346,14 @@ def _check_splits(spec: TaskSpec, splits: dict[str, list[_Located]]) -> None:
     train (they are scored as errors)."""
     for split in SPLITS:
         if not splits[split]:
+            how = (
+                "lower dev_fraction / test_fraction"
+                if split == "train"
+                else f"raise {split}_fraction"
+            )
             raise TaskDataError(
                 f"task {spec.name!r}: the {split} split is empty; give a {split} file, add "
-                f"examples or lower dev_fraction / test_fraction"
+                f"examples or {how}"
             )
     seen = {label for item in splits["train"] for label in _labels_of(item.example)}
     if len(seen) < 2:

@@ -141,8 +141,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     tok = load_tokenizer(job.tokenizer_dir)
     loop = spec.pretrain.elmo.loop
     specials = {"pad": tok.pad_token_id, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
-    config = elmo.config_from_spec(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
-    model = elmo.ELMo(config)
+    model = elmo.build_elmo(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
     objective = elmo.ELMoObjective(
         job.tokens_dir,
         spec.pretrain.elmo,

@@ -271,6 +271,20 @@ class ELMo(nn.Module):
                 raise ELMoError("mask must be right-padded (1...1 0...0 per row): pad at the end")
 
 
+def build_elmo(
+    spec: ELMoSpec, vocab_size: int, pad_id: int, special_ids: dict[str, int] | None = None
+) -> ELMo:
+    """A freshly initialised ELMo, the same for the same spec.loop.seed (global RNG untouched).
+
+    torch seeds its default generator differently in every process, so an ELMo built without
+    a seed gets new weights in every run: pretraining must build it here, as GPT and BERT do.
+    """
+    config = config_from_spec(spec, vocab_size, pad_id, special_ids)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.loop.seed)
+        return ELMo(config)
+
+
 def _full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
     """The softmax runs in float32 even under bf16 autocast: the adaptive softmax writes
     float32 log-probs into a tensor of its input's dtype, and a bf16 loss is too coarse to log."""

@@ -22,7 +22,7 @@ What this module adds around gensim, top to bottom:
    a restart rebuilds the model from it and continues with the next epoch. With workers=1 the
    result is bit-identical to an uninterrupted run (job order and RNG draws are fixed); with
    more workers, thread scheduling makes any two gensim runs differ anyway.
-4. Intrinsic evaluation (WordSim-353, SimLex-999 Spearman; Google analogies) with OOV rates.
+4. A held-out loss on the valid split (`word2vec_eval`, which also holds the intrinsic sets).
 5. Saving as word2vec binary + a `word count` vocabulary file (`save_vectors`). Not
    `KeyedVectors.save`: that pickles, and loading a pickle runs whatever code it names; the
    word2vec format is plain data that any tool reads.
@@ -38,7 +38,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,10 @@ import torch
 from gensim.models import KeyedVectors, Word2Vec
 from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import train_batch_cbow, train_batch_sg
-from gensim.test.utils import datapath
 
 from pipelines.data.encoding import token_parts
 from pipelines.data.tokenizer_training import load_raw_tokenizer
+from pipelines.models.word2vec_eval import valid_loss_per_word
 from pretrainlab.config import PretrainlabError, Word2VecSpec
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_json, write_manifest
 
@@ -256,6 +256,7 @@ class Word2VecResult:
     vocab_size: int
     stopped_reason: str  # epochs | budget_words | budget_minutes | stop_after_epoch
     resumed_from: int  # epochs already done when this call started
+    valid_loss_per_word: float | None = None  # held-out, as loss_per_word; None: no valid text
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -353,12 +354,14 @@ def train_word2vec(
     budget_words: int | None = None,
     budget_minutes: float | None = None,
     stop_after_epoch: int | None = None,
+    valid: Iterable[list[str]] = (),
 ) -> tuple[KeyedVectors, Word2VecResult]:
     """Train (or resume from the latest epoch checkpoint) and return the vectors + stats.
 
     `sentences` must be restartable (a list, or `ShardSentences`). `log(metrics, epoch)` gets
     each epoch's loss, loss per word, words/s and learning rate. `stop_after_epoch` is a test
-    hook: return after that epoch's checkpoint, as if killed.
+    hook: return after that epoch's checkpoint, as if killed. `valid` sentences give the
+    result's held-out `valid_loss_per_word`.
     """
     checkpoint_dir = Path(checkpoint_dir)
     restored = load_checkpoint(checkpoint_dir, spec, min_count)
@@ -419,7 +422,9 @@ def train_word2vec(
         if stop_after_epoch is not None and state.epochs_done >= stop_after_epoch:
             reason = "stop_after_epoch"
             break
-    return model.wv, _result(state, len(model.wv), reason, resumed_from)
+    result = _result(state, len(model.wv), reason, resumed_from)
+    held_out = valid_loss_per_word(model, valid, seed=spec.seed)
+    return model.wv, replace(result, valid_loss_per_word=held_out)
 
 
 def _result(state: Word2VecState, vocab_size: int, reason: str, resumed: int) -> Word2VecResult:
@@ -449,40 +454,8 @@ def train_word2vec_on_shards(
     """`train_word2vec` on the train split of word-level token shards."""
     vocab, specials = word_vocab(tokenizer_dir)
     sentences = ShardSentences(tokens_dir, vocab, drop_ids=specials)
-    return train_word2vec(sentences, spec, min_count, checkpoint_dir, **options)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def _count_questions(path: str) -> int:
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip() and not line.startswith(":"))
-
-
-def intrinsic_eval(kv: KeyedVectors) -> dict[str, float]:
-    """WordSim-353 / SimLex-999 Spearman and Google analogy accuracy, each with its OOV rate.
-
-    OOV rates are fractions (0-1) of pairs/questions skipped for a word without a vector;
-    scores are over the rest (NaN when fewer than 2 pairs / no question remain).
-    """
-    metrics: dict[str, float] = {}
-    for name, filename in (("wordsim353", "wordsim353.tsv"), ("simlex999", "simlex999.txt")):
-        try:
-            _, spearman, oov_percent = kv.evaluate_word_pairs(datapath(filename))
-            rho, oov = float(spearman[0]), float(oov_percent) / 100
-        except ValueError:  # scipy refuses correlations on fewer than two pairs
-            rho, oov = float("nan"), 1.0
-        metrics[f"{name}_spearman"] = rho
-        metrics[f"{name}_oov"] = oov
-    questions = datapath("questions-words.txt")
-    _, sections = kv.evaluate_word_analogies(questions)
-    total = sections[-1]  # gensim appends the "Total accuracy" section last
-    answered = len(total["correct"]) + len(total["incorrect"])
-    metrics["analogy_accuracy"] = len(total["correct"]) / answered if answered else float("nan")
-    metrics["analogy_oov"] = 1.0 - answered / _count_questions(questions)
-    metrics["analogy_questions"] = float(answered)
-    return metrics
+    valid = ShardSentences(tokens_dir, vocab, drop_ids=specials, split="valid")
+    return train_word2vec(sentences, spec, min_count, checkpoint_dir, valid=valid, **options)
 
 
 # ----------------------------------------------------------------------------- save & load

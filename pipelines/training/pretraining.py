@@ -19,6 +19,7 @@ import pipelines.models.elmo as elmo
 import pipelines.models.gpt as gpt
 import pipelines.models.masking as masking
 import pipelines.models.word2vec as word2vec
+import pipelines.models.word2vec_eval as word2vec_eval
 import pipelines.training.loop as training
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import PretrainlabError, Spec
@@ -26,7 +27,7 @@ from pretrainlab.config import PretrainlabError, Spec
 FAMILIES = ("word2vec", "elmo", "gpt", "bert")
 # The code that computes each family's weights: editing any of it invalidates cached models.
 CODE: dict[str, list[ModuleType]] = {
-    "word2vec": [word2vec],
+    "word2vec": [word2vec, word2vec_eval],
     "elmo": [elmo, training, lm_data],
     "gpt": [gpt, training, lm_data],
     "bert": [bert, masking, training, lm_data],
@@ -141,8 +142,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     tok = load_tokenizer(job.tokenizer_dir)
     loop = spec.pretrain.elmo.loop
     specials = {"pad": tok.pad_token_id, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
-    config = elmo.config_from_spec(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
-    model = elmo.ELMo(config)
+    model = elmo.build_elmo(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
     objective = elmo.ELMoObjective(
         job.tokens_dir,
         spec.pretrain.elmo,
@@ -172,7 +172,9 @@ def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None
         budget_minutes=job.budget_minutes,
         stop_after_epoch=stop_at_step,
     )
-    scores = word2vec.intrinsic_eval(vectors)
+    scores = word2vec_eval.intrinsic_eval(vectors)
+    last_loss = result.loss_per_word[-1] if result.loss_per_word else None
+    headline, value = word2vec_eval.headline(scores, result.valid_loss_per_word, last_loss)
     word2vec.save_vectors(vectors, job.out_dir, meta={"scores": scores})
     ship_tokenizer(job.tokenizer_dir, job.out_dir)
     vector_flops = 6 * spec.pretrain.word2vec.vector_size * (spec.pretrain.word2vec.negative + 1)
@@ -183,12 +185,13 @@ def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None
         "flops": vector_flops * 2 * spec.pretrain.word2vec.window * result.trained_words,
         "words_per_s": result.words_per_s,
         "vocab_size": result.vocab_size,
-        "final_epoch_loss_per_word": result.loss_per_word[-1] if result.loss_per_word else None,
+        "final_epoch_loss_per_word": last_loss,
+        "valid_loss_per_word": result.valid_loss_per_word,
         "stopped_reason": result.stopped_reason,
         "resumed_from": result.resumed_from,
         "n_params": len(vectors) * vectors.vector_size * 2,
-        "headline_metric": "wordsim353_spearman",
-        "headline_value": scores["wordsim353_spearman"],
+        "headline_metric": headline,
+        "headline_value": value,
         **scores,
     }
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from gensim.test.utils import datapath
 from pipelines.data.encoding import TOKENS_SCHEMA
 from pipelines.data.lm_data import LMDataError
 from pipelines.data.sentences import split_sentences
-from pipelines.data.tokenizer_training import train_tokenizer
+from pipelines.data.tokenizer_training import save_tokenizer, train_tokenizer
 from pipelines.models.elmo import (
     ELMo,
     ELMoConfig,
@@ -32,7 +34,7 @@ from pipelines.models.elmo import (
     load_elmo,
     save_elmo,
 )
-from pipelines.training.loop import train
+from pipelines.training.loop import checkpoint_path, load_checkpoint, train
 from pretrainlab.config import ELMoSpec, LoopSpec, WordLevelSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +84,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     half = table.num_rows // 2
     pq.write_table(table.slice(0, half), tokens / "part-00000.parquet")
     pq.write_table(table.slice(half), tokens / "part-00001.parquet")
+    save_tokenizer(tok, root / "tokenizer")
     return {"tokens": tokens, "vocab_size": tok.get_vocab_size(), "rows": rows, "root": root}
 
 
@@ -370,7 +373,7 @@ def test_two_process_ddp_run_finishes_and_checkpoints(corpus: dict, tmp_path: Pa
             import json, sys
             import torch, torch.distributed as dist
             from pipelines.models.elmo import ELMo, ELMoObjective, config_from_spec
-            from pipelines.training.loop import train
+            from pipelines.training.loop import checkpoint_path, load_checkpoint, train
             from pretrainlab.config import ELMoSpec, LoopSpec
 
             dist.init_process_group("gloo")
@@ -443,3 +446,109 @@ def test_killed_and_resumed_run_reaches_identical_weights(corpus: dict, tmp_path
     assert (first.step, second.resumed_from, second.step) == (3, 3, 6)
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+# One production pretraining of a tiny ELMo (pipelines.training.pretraining.pretrain, as the
+# pretrain stage calls it) in a fresh interpreter: torch seeds its default generator differently
+# in every process, so anything left unseeded shows up as a different weight file.
+PRETRAIN_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import torch
+from pipelines.training.pretraining import PretrainJob, pretrain
+from pretrainlab.config import spec_from_dict
+
+run = json.loads(Path(sys.argv[1]).read_text())
+torch.set_num_threads(1)
+spec = spec_from_dict({"corpus": {"sources": [{"path": "unused.txt"}]},
+                       "pretrain": {"families": ["elmo"], "elmo": run["elmo"]}})
+job = PretrainJob("elmo", Path(run["tokens"]), Path(run["tokenizer"]), Path(run["work"]),
+                  Path(run["out"]))
+
+def log(metrics, step):
+    time.sleep(run["sleep_per_log"])  # slow enough for the test to kill it after a checkpoint
+
+print(json.dumps(pretrain(spec, job, log)), flush=True)
+"""
+
+
+def _pretrain_elmo(corpus: dict, tmp_path: Path, name: str, sleep: float) -> subprocess.Popen:
+    elmo = {
+        "embedding_dim": 16,
+        "hidden_dim": 32,
+        "seq_len": 12,
+        "dropout": 0.2,  # dropout masks must be reproduced too
+        "adaptive_cutoffs": [200, 1000],
+        "loop": {"max_steps": 12, "batch_size": 4, "warmup_steps": 2, "lr": 3e-3,
+                 "log_every": 1, "eval_every": 6, "eval_batches": 1, "checkpoint_every": 4,
+                 "device": "cpu"},
+    }  # fmt: skip
+    run = {
+        "elmo": elmo,
+        "tokens": str(corpus["tokens"]),
+        "tokenizer": str(corpus["root"] / "tokenizer"),
+        "work": str(tmp_path / name / "work"),
+        "out": str(tmp_path / name / "model"),
+        "sleep_per_log": sleep,
+    }
+    (tmp_path / name).mkdir(exist_ok=True)
+    (tmp_path / name / "run.json").write_text(json.dumps(run))
+    (tmp_path / "pretrain_elmo.py").write_text(PRETRAIN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(tmp_path / "pretrain_elmo.py"), str(tmp_path / name / "run.json")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _weights(tmp_path: Path, name: str) -> bytes:
+    return (tmp_path / name / "model" / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_two_pretraining_runs_and_a_killed_resumed_one_write_identical_weights(
+    corpus: dict, tmp_path: Path
+) -> None:
+    runs = [_pretrain_elmo(corpus, tmp_path, name, 0.0) for name in ("a", "b")]
+    runs.append(_pretrain_elmo(corpus, tmp_path, "killed", 0.5))
+    try:
+        _identical_runs_and_resume(corpus, tmp_path, *runs)
+    finally:
+        for process in runs:  # a failed assertion leaves no training process behind
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def _identical_runs_and_resume(
+    corpus: dict, tmp_path: Path, first: subprocess.Popen, second: subprocess.Popen,
+    killed: subprocess.Popen,
+) -> None:  # fmt: skip
+    ckpt = checkpoint_path(tmp_path / "killed" / "work" / "checkpoints")
+    deadline = time.monotonic() + 120
+    while not (ckpt.exists() and load_checkpoint(ckpt)["step"] >= 4):
+        assert killed.poll() is None, killed.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "model" / "model.safetensors").exists()
+    summaries = [_finish(first), _finish(second)]
+    assert summaries[0]["steps"] == 12 and summaries[0]["valid_loss"] == summaries[1]["valid_loss"]
+    assert _weights(tmp_path, "a") == _weights(tmp_path, "b")
+    resumed = _finish(_pretrain_elmo(corpus, tmp_path, "killed", 0.0))
+    assert 4 <= resumed["resumed_from"] < 12 and resumed["steps"] == 12
+    assert _weights(tmp_path, "killed") == _weights(tmp_path, "a")

@@ -24,7 +24,6 @@ from pipelines.models.word2vec import (
     Word2VecError,
     aligned_vectors,
     alpha_at,
-    intrinsic_eval,
     load_vectors,
     save_vectors,
     train_word2vec,
@@ -32,7 +31,9 @@ from pipelines.models.word2vec import (
     word2vec_layer_states,
     word_vocab,
 )
-from pretrainlab.config import Word2VecSpec, WordLevelSpec
+from pipelines.models.word2vec_eval import COVERAGE_FLOOR, intrinsic_eval
+from pipelines.training.pretraining import PretrainJob, pretrain
+from pretrainlab.config import Word2VecSpec, WordLevelSpec, spec_from_dict
 
 MIN_COUNT = 2
 
@@ -188,12 +189,73 @@ def test_word_budget_plans_fewer_epochs(lee, tmp_path: Path) -> None:
 
 
 def test_intrinsic_evaluation_gives_scores_and_oov_rates(trained) -> None:
-    metrics = intrinsic_eval(trained[0])
+    metrics = intrinsic_eval(trained[0], floor=0.0)  # every set, however little it covers
+    for name in ("wordsim353", "simlex999", "analogy"):
+        # a 60k-word news corpus misses many words; our coverage is gensim's share answered
+        assert 0 < metrics[f"{name}_coverage"] < 1
+        assert metrics[f"{name}_coverage"] == pytest.approx(1 - metrics[f"{name}_oov"])
     for name in ("wordsim353", "simlex999"):
         assert -1 <= metrics[f"{name}_spearman"] <= 1
-        assert 0 < metrics[f"{name}_oov"] < 1  # a 60k-word news corpus misses many words
-    assert 0 < metrics["analogy_oov"] < 1 and metrics["analogy_questions"] > 0
-    assert 0 <= metrics["analogy_accuracy"] <= 1
+    assert metrics["analogy_questions"] > 0 and 0 <= metrics["analogy_accuracy"] <= 1
+
+
+def test_a_set_below_the_coverage_floor_is_skipped_not_nan(trained) -> None:
+    # covers ~38% of WordSim-353, ~24% of SimLex-999, ~4% of the analogy questions
+    metrics = intrinsic_eval(trained[0])
+    assert metrics["analogy_coverage"] < COVERAGE_FLOOR <= metrics["simlex999_coverage"]
+    assert {"wordsim353_spearman", "simlex999_spearman"} <= set(metrics)
+    assert not {"analogy_accuracy", "analogy_oov", "analogy_questions"} & set(metrics)
+    metrics = intrinsic_eval(trained[0], floor=0.3)
+    assert "wordsim353_spearman" in metrics and "simlex999_spearman" not in metrics
+    assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_held_out_loss_is_seeded_and_on_the_training_loss_scale(
+    shards: dict, tmp_path: Path
+) -> None:
+    args = (shards["root"] / "tokens", shards["root"] / "tokenizer")
+    for sg in (True, False):
+        _, result = train_word2vec_on_shards(*args, spec(sg=sg), MIN_COUNT, tmp_path / f"{sg}")
+        _, again = train_word2vec_on_shards(*args, spec(sg=sg), MIN_COUNT, tmp_path / f"{sg}")
+        assert again.resumed_from == 3 and again.valid_loss_per_word == result.valid_loss_per_word
+        assert 0.5 < result.valid_loss_per_word / result.loss_per_word[-1] < 2
+
+
+def test_non_english_word2vec_logs_zero_coverage_and_a_loss_headline(tmp_path: Path) -> None:
+    """Chinese characters: the English sets cover nothing, so no score and no NaN anywhere;
+    the registered headline is the held-out loss."""
+    rng = np.random.default_rng(0)
+    chars = [chr(0x4E00 + i) for i in range(60)]
+    texts = ["".join(rng.choice(chars, size=12)) for _ in range(400)]
+    tok = train_tokenizer(WordLevelSpec(vocab_size=200, min_count=2), texts)
+    save_tokenizer(tok, tmp_path / "tokenizer")
+    rows = {"doc_id": [], "sent_idx": [], "split": [], "ids": []}
+    for d, text in enumerate(texts):
+        rows["doc_id"].append(f"doc{d:04d}")
+        rows["sent_idx"].append(0)
+        rows["split"].append("valid" if d % 10 == 0 else "train")
+        rows["ids"].append(tok.encode(text).ids)
+    (tmp_path / "tokens").mkdir()
+    pq.write_table(pa.table(rows, schema=TOKENS_SCHEMA), tmp_path / "tokens" / "part-0.parquet")
+    config = spec_from_dict(
+        {
+            "corpus": {"sources": [{"path": "unused.txt"}]},
+            "tokenizers": {"word": {"min_count": 2}},
+            "pretrain": {"families": ["word2vec"], "word2vec": spec().model_dump()},
+        }
+    )
+    job = PretrainJob(
+        "word2vec", tmp_path / "tokens", tmp_path / "tokenizer", tmp_path / "w", tmp_path / "out"
+    )
+    summary = pretrain(config, job, lambda metrics, step: None)
+    assert len(tok.encode(texts[0]).ids) == 12  # one token per character: no English word
+    for name in ("wordsim353", "simlex999", "analogy"):
+        assert summary[f"{name}_coverage"] == 0.0
+    assert not {"wordsim353_spearman", "simlex999_spearman", "analogy_accuracy"} & set(summary)
+    assert summary["headline_metric"] == "valid_loss_per_word"
+    assert summary["headline_value"] == summary["valid_loss_per_word"] > 0
+    numbers = [v for v in summary.values() if isinstance(v, float)]
+    assert numbers and all(np.isfinite(v) for v in numbers)
 
 
 def test_save_load_round_trip_without_pickle(trained, tmp_path: Path) -> None:

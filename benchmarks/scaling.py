@@ -79,7 +79,7 @@ def run_stage(stage: str, src: Path, out: Path, tokenizer: Path) -> dict:
         from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
         stats = ingest([SourceInput([src], format="jsonl", label="scaled")], IngestSettings(), out)
-        return {"docs": stats["docs_written"]}
+        return {"docs": stats.docs_written}
     from pipelines.data.encoding import encode_corpus
 
     stats = encode_corpus(src, tokenizer, out, "bert", MAX_SENTENCE_TOKENS, workers=1)

@@ -103,7 +103,7 @@ def plan_corpus_plain(spec: Spec) -> CorpusPlan:
         {
             "sources": fingerprints,
             "settings": asdict(ingest_settings(spec)),
-            "code": code_hash([ingest_lib]),
+            "code": code_hash(ingest_lib.CODE),
         }
     )
     total = sum(f["bytes"] for src in fingerprints for f in src["files"])
@@ -130,7 +130,9 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
         atomic_dir(plan.directory) as tmp,
         ProgressReporter(f"ingest {plan.corpus_id[:8]}", total=plan.source_bytes) as progress,
     ):
-        stats = ingest_lib.ingest(source_inputs(spec), ingest_settings(spec), tmp, progress)
+        stats = ingest_lib.ingest(
+            source_inputs(spec), ingest_settings(spec), tmp, progress
+        ).to_dict()
         seconds = time.perf_counter() - started
         manifest = {
             "corpus_id": plan.corpus_id,

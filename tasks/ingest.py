@@ -11,8 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.data.ingest as ingest_lib
+from pipelines import demo_data
 from pretrainlab.config import SourceSpec, Spec
-from storage import demo_data, remote
+from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines import demo_data
 from pretrainlab.config import PretrainlabError, TaskSpec
-from storage import demo_data
 from storage.hashing import SHORT, canonical_json, sha256_bytes
 
 SPLITS = ("train", "dev", "test")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import demo_data
 from pipelines.data.task_data import (
     Example,
     TaskDataError,
@@ -17,7 +18,6 @@ from pipelines.data.task_data import (
     take_budget,
 )
 from pretrainlab.config import TaskSpec
-from storage import demo_data
 
 DEMO = ["polarity-sentences", "bible-paraphrase", "pos-oanc", "wic-wordnet"]
 

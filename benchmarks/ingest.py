@@ -132,7 +132,7 @@ def run_stage(src: Path, out: Path) -> dict:
     stats = ingest(
         [SourceInput([src], label=str(src))], IngestSettings(rows_per_shard=ROWS_PER_SHARD), out
     )
-    return {"docs": stats["docs_written"], "parts": stats["parts"]}
+    return {"docs": stats.docs_written, "parts": stats.parts}
 
 
 PROGRAMS = {"ceiling": run_ceiling, "plain": run_plain, "stage": run_stage}

@@ -39,7 +39,7 @@ TIME_PER_MB_GOAL = 1.3  # seconds per MB at the largest size / at x1: linear
 def demo_documents(workdir: Path) -> list[str]:
     """The demo corpus' documents, as the pipeline's ingest stage reads them."""
     from pipelines.data.ingest import IngestSettings, SourceInput, ingest
-    from storage.demo_data import dataset_files, dataset_format, dataset_text_field
+    from pipelines.demo_data import dataset_files, dataset_format, dataset_text_field
 
     sources = [
         SourceInput(
@@ -79,7 +79,7 @@ def run_stage(stage: str, src: Path, out: Path, tokenizer: Path) -> dict:
         from pipelines.data.ingest import IngestSettings, SourceInput, ingest
 
         stats = ingest([SourceInput([src], format="jsonl", label="scaled")], IngestSettings(), out)
-        return {"docs": stats["docs_written"]}
+        return {"docs": stats.docs_written}
     from pipelines.data.encoding import encode_corpus
 
     stats = encode_corpus(src, tokenizer, out, "bert", MAX_SENTENCE_TOKENS, workers=1)

@@ -137,7 +137,7 @@ def data_fetch(
 
       pretrainlab data fetch polarity-sentences --data-dir /data/pretrainlab
     """
-    from storage import demo_data
+    from pipelines import demo_data
 
     try:
         paths = demo_data.fetch(
@@ -154,7 +154,7 @@ def data_fetch(
 @data_app.command("list")
 def data_list() -> None:
     """List the demo datasets a spec can name as `dataset:`."""
-    from storage import demo_data
+    from pipelines import demo_data
 
     table = Table("dataset", "kind", "description")
     for name, info in demo_data.DATASETS.items():

@@ -11,8 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.data.ingest as ingest_lib
+from pipelines import demo_data
 from pretrainlab.config import SourceSpec, Spec
-from storage import demo_data, remote
+from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
@@ -103,7 +104,7 @@ def plan_corpus_plain(spec: Spec) -> CorpusPlan:
         {
             "sources": fingerprints,
             "settings": asdict(ingest_settings(spec)),
-            "code": code_hash([ingest_lib]),
+            "code": code_hash(ingest_lib.CODE),
         }
     )
     total = sum(f["bytes"] for src in fingerprints for f in src["files"])
@@ -130,7 +131,9 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
         atomic_dir(plan.directory) as tmp,
         ProgressReporter(f"ingest {plan.corpus_id[:8]}", total=plan.source_bytes) as progress,
     ):
-        stats = ingest_lib.ingest(source_inputs(spec), ingest_settings(spec), tmp, progress)
+        stats = ingest_lib.ingest(
+            source_inputs(spec), ingest_settings(spec), tmp, progress
+        ).to_dict()
         seconds = time.perf_counter() - started
         manifest = {
             "corpus_id": plan.corpus_id,

@@ -44,12 +44,23 @@ def test_wheel_contains_every_package(wheel: Path) -> None:
     assert not any(name.startswith("tests/") for name in names)
 
 
+def test_wheel_ships_the_demo_data_package_and_no_storage_data(wheel: Path) -> None:
+    """The demo datasets are code (registry, pins, builders): every module of the package is in
+    the wheel, and storage/ ships no data files of its own."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    package = ROOT / "pipelines" / "demo_data"
+    modules = {f"pipelines/demo_data/{p.name}" for p in package.glob("*.py")}
+    assert len(modules) > 1 and modules <= names, sorted(modules - names)
+    assert not any(n.startswith("storage/") and not n.endswith(".py") for n in names)
+
+
 def test_every_package_imports_from_the_wheel(wheel: Path, tmp_path: Path) -> None:
     modules = [
         "pretrainlab.cli",
         "flows.pipeline",
         "tasks.ingest",
         "pipelines.data.ingest",
+        "pipelines.demo_data",
         "storage.catalog",
     ]
     code = (

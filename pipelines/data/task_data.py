@@ -28,9 +28,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines import demo_data
 from pipelines.data import task_splits
 from pretrainlab.config import PretrainlabError, TaskSpec
-from storage import demo_data
 from storage.hashing import SHORT, canonical_json, sha256_bytes
 
 SPLITS = ("train", "dev", "test")

@@ -71,7 +71,7 @@ def test_scaling_copies_are_unique_and_rows_judge_growth(tmp_path: Path) -> None
         [SourceInput([tmp_path / "x3.jsonl"], format="jsonl")], IngestSettings(), tmp_path / "c"
     )
     # Copies never collide; only the duplicate inside each copy is dropped.
-    assert stats["docs_written"] == 6
+    assert stats.docs_written == 6
     assert pq.read_table(tmp_path / "c" / "part-00000.parquet").num_rows == 6
 
     results = {

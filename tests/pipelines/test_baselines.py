@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import demo_data
 from pipelines.data.task_data import Example, TaskData, TaskDataError, load_task, take_budget
 from pipelines.transfer.baselines import baseline, most_frequent_tag, tfidf_logreg
 from pretrainlab.config import TaskSpec
-from storage import demo_data
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,8 @@ def run(tmp_path: Path, *sources: SourceInput, out: str = "out", **settings):
     rejects = pq.read_table(out_dir / "rejects.parquet")
     assert rejects.schema.equals(REJECTS_SCHEMA)
     assert corpus is not None and corpus.schema.equals(CORPUS_SCHEMA)
-    assert stats["docs_in"] == stats["docs_written"] + stats["duplicates"] + stats["rejected"]
-    assert stats["rejected"] == rejects.num_rows == sum(stats["rejected_by_reason"].values())
+    assert stats.docs_in == stats.docs_written + stats.duplicates + stats.rejected
+    assert stats.rejected == rejects.num_rows == sum(stats.rejected_by_reason.values())
     return stats, corpus.to_pylist(), rejects.to_pylist()
 
 
@@ -135,7 +135,7 @@ def test_fingerprint_sources(tmp_path: Path) -> None:
 def test_text_one_doc_per_line(tmp_path: Path) -> None:
     stats, rows, rejects = run(tmp_path, source(write_lines(tmp_path / "a.txt", DOCS)))
     assert texts(rows) == DOCS
-    assert stats["docs_written"] == 3 and rejects == []
+    assert stats.docs_written == 3 and rejects == []
     assert [r["n_chars"] for r in rows] == [len(d) for d in DOCS]
     assert {r["source"] for r in rows} == {str(tmp_path / "a.txt")}
 
@@ -145,7 +145,7 @@ def test_text_one_doc_per_paragraph(tmp_path: Path) -> None:
     path.write_text("para one\nstill one\n\n\n  \npara two\r\n\r\nthree\nends", encoding="utf-8")
     stats, rows, _ = run(tmp_path, source(path, doc_per="paragraph"))
     assert texts(rows) == ["para one\nstill one", "para two", "three\nends"]
-    assert stats["docs_in"] == 3  # blank separator lines are not records
+    assert stats.docs_in == 3  # blank separator lines are not records
 
 
 def test_text_one_doc_per_file(tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_compressed_text(tmp_path: Path, suffix: str) -> None:
     path.write_bytes(COMPRESSORS[suffix](data))
     stats, rows, _ = run(tmp_path, source(path))
     assert texts(rows) == DOCS
-    assert stats["bytes_read"] == path.stat().st_size
+    assert stats.bytes_read == path.stat().st_size
 
 
 def test_zstd_multiple_frames(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_jsonl_docs_and_per_line_rejects(tmp_path: Path) -> None:
         (10, "missing_field"),
     ]
     assert rejects[0]["sample"] == '{"body": "broken'
-    assert stats["rejected_by_reason"]["malformed_json"] == 1
+    assert stats.rejected_by_reason["malformed_json"] == 1
 
 
 def test_csv_and_tsv_with_named_column(tmp_path: Path) -> None:
@@ -246,7 +246,7 @@ def test_parquet_with_named_column_and_nulls(tmp_path: Path) -> None:
 
 def test_mediawiki_dump_sample_with_limit(tmp_path: Path) -> None:
     stats, rows, rejects = run(tmp_path, source(WIKI, limit=3))
-    assert stats["docs_written"] == 3 and rejects == []
+    assert stats.docs_written == 3 and rejects == []
     assert texts(rows)[0].startswith("Anarchism is a political philosophy")
     for text in texts(rows):
         assert "[[" not in text and "{{" not in text and "'''" not in text and "==" not in text
@@ -275,7 +275,7 @@ def test_mediawiki_skips_redirects_and_other_namespaces(tmp_path: Path) -> None:
     stats, rows, _ = run(tmp_path, source(path))
     assert texts(rows) == ["A is a symbol.\nHistory\nOld."]
     assert rows[0]["source"] == str(path)
-    assert stats["skipped"] == 3 and stats["docs_in"] == 1
+    assert stats.skipped == 3 and stats.docs_in == 1
 
 
 def test_real_news_slice_one_doc_per_line(tmp_path: Path) -> None:
@@ -301,7 +301,7 @@ def test_nfc_composed_and_decomposed_are_one_document(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "a.txt", [decomposed, composed])
     stats, rows, _ = run(tmp_path, source(path))
     assert texts(rows) == [composed]
-    assert rows[0]["n_chars"] == len(composed) and stats["duplicates"] == 1
+    assert rows[0]["n_chars"] == len(composed) and stats.duplicates == 1
 
 
 def test_dedup_within_and_across_sources(tmp_path: Path) -> None:
@@ -310,8 +310,8 @@ def test_dedup_within_and_across_sources(tmp_path: Path) -> None:
     b.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["x two", "x three"]))
     stats, rows, _ = run(tmp_path, source(a), source(b))
     assert texts(rows) == ["x one", "x two", "x three"]
-    assert stats["duplicates"] == 3 and stats["docs_in"] == 6
-    assert [s["duplicates"] for s in stats["sources"]] == [2, 1]
+    assert stats.duplicates == 3 and stats.docs_in == 6
+    assert [s.duplicates for s in stats.sources] == [2, 1]
 
 
 def test_doc_id_and_split_follow_the_hash_and_never_change(tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def test_doc_id_and_split_follow_the_hash_and_never_change(tmp_path: Path) -> No
         digest = hashlib.sha256(row["text"].encode()).hexdigest()
         assert row["doc_id"] == digest[:16]
         assert row["split"] == ("valid" if int(digest[16:24], 16) / 2**32 < 0.25 else "train")
-    assert 20 < stats["valid_docs"] < 80 and stats["train_docs"] + stats["valid_docs"] == 200
+    assert 20 < stats.valid_docs < 80 and stats.train_docs + stats.valid_docs == 200
     more = [f"another text {i}" for i in range(300)] + first
     _, grown, _ = run(
         tmp_path, source(write_lines(tmp_path / "b.txt", more)), out="grown", valid_fraction=0.25
@@ -357,7 +357,7 @@ def test_rejects_have_reasons_positions_and_samples(tmp_path: Path) -> None:
     ]
     assert rejects[0]["sample"] == "bad \ufffd( utf8"
     assert rejects[4]["sample"] == "x" * 50
-    assert stats["rejected_by_reason"] == {
+    assert stats.rejected_by_reason == {
         "binary": 2,
         "empty": 1,
         "invalid_utf8": 1,
@@ -395,11 +395,11 @@ def test_shards_limit_progress_and_stats(tmp_path: Path) -> None:
     )
     parts = sorted(out.glob("part-*.parquet"))
     assert [pq.read_metadata(p).num_rows for p in parts] == [700, 700, 600]
-    assert stats["parts"] == 3 and stats["docs_written"] == 2000 and stats["docs_in"] == 2000
+    assert stats.parts == 3 and stats.docs_written == 2000 and stats.docs_in == 2000
     assert pq.read_table(parts[-1]).column("text").to_pylist()[-1] == "b doc 499"
     assert len(calls) >= 2 and calls == sorted(calls)
-    assert calls[-1] == (stats["bytes_read"], 2000)
-    assert stats["chars"] == sum(pq.read_table(p)["n_chars"].to_numpy().sum() for p in parts)
+    assert calls[-1] == (stats.bytes_read, 2000)
+    assert stats.chars == sum(pq.read_table(p)["n_chars"].to_numpy().sum() for p in parts)
 
 
 def test_limit_stops_reading_where_it_is_reached(tmp_path: Path) -> None:
@@ -408,7 +408,7 @@ def test_limit_stops_reading_where_it_is_reached(tmp_path: Path) -> None:
     assert texts(rows) == ["one", "two"]
     # lines 5-7 come after the limit: not read, so neither rejected nor counted
     assert [(r["position"], r["reason"]) for r in rejects] == [(1, "empty")]
-    assert (stats["docs_in"], stats["duplicates"], stats["rejected"]) == (4, 1, 1)
+    assert (stats.docs_in, stats.duplicates, stats.rejected) == (4, 1, 1)
 
 
 def test_output_is_byte_identical_on_rerun(tmp_path: Path) -> None:
@@ -440,7 +440,7 @@ def test_small_blocks_give_the_same_corpus_and_skip_overlong_lines(
     lines[50] = "z" * 20_000  # longer than max_record_bytes: never held whole
     path = write_lines(tmp_path / "a.txt", lines)
     expected = run(tmp_path, source(path), out="big", max_chars=1000)
-    monkeypatch.setattr(ingest_mod, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(ingest_mod.readers, "BLOCK_BYTES", 64)
     assert run(tmp_path, source(path), out="small", max_chars=1000) == expected
     _, rows, rejects = expected
     assert [(r["position"], r["reason"]) for r in rejects] == [(51, "too_long")]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pipelines.transfer.runs as transfer
+from pipelines import demo_data
 from pipelines.data.task_data import (
     Example,
     TaskDataError,
@@ -28,7 +29,6 @@ from pipelines.training.pretraining import PretrainJob, pretrain
 from pipelines.transfer.baselines import most_frequent_tag
 from pipelines.transfer.runs import TransferConfig, run_transfer
 from pretrainlab.config import TaskSpec, spec_from_dict
-from storage import demo_data
 from tests.pipelines.tiny_lm import SCHEMA, lee_documents
 
 DEMO = ["polarity-sentences", "bible-paraphrase", "pos-oanc", "wic-wordnet"]

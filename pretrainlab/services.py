@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrainlab.config import PretrainlabError
+from pretrainlab.config import PretrainlabError, store_tracking_uri
 from storage.atomic import pid_alive
 
 HOST = "127.0.0.1"
@@ -121,7 +121,7 @@ def _command(name: str, settings: Settings) -> list[str]:
     if name == "mlflow":
         return [
             _bin("mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{settings.store / 'mlflow.db'}",
+            "--backend-store-uri", store_tracking_uri(settings.store),
             "--artifacts-destination", str(settings.store / "mlflow-artifacts"),
             "--host", HOST, "--port", str(settings.mlflow_port), "--workers", "1",
         ]  # fmt: skip
@@ -387,7 +387,8 @@ def stop(settings: Settings, names: Iterable[str] = SERVICES) -> list[str]:
 # -------------------------------------------------------------------------------- status
 
 
-def _api(settings: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
+def prefect_api(settings: Settings, path: str, body: dict[str, Any] | None = None) -> Any:
+    """GET (or POST `body` to) the Prefect server's REST API; its JSON answer."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"{settings.prefect_api_url}{path}",
@@ -402,7 +403,7 @@ def _api(settings: Settings, path: str, body: dict[str, Any] | None = None) -> A
 def online_workers(settings: Settings) -> list[str]:
     """Names of the pool's workers the Prefect server sees online (heartbeat recent)."""
     try:
-        workers = _api(settings, f"/work_pools/{settings.pool}/workers/filter", {})
+        workers = prefect_api(settings, f"/work_pools/{settings.pool}/workers/filter", {})
     except (urllib.error.URLError, OSError, ValueError):
         return []
     return [w["name"] for w in workers if w.get("status") == "ONLINE"]
@@ -411,7 +412,7 @@ def online_workers(settings: Settings) -> list[str]:
 def pool_state(settings: Settings) -> str:
     """A sentence on the work pool: its status and workers, or why there is none."""
     try:
-        pool = _api(settings, f"/work_pools/{settings.pool}")
+        pool = prefect_api(settings, f"/work_pools/{settings.pool}")
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return f"work pool {settings.pool!r} does not exist yet (the worker creates it)"
@@ -458,69 +459,3 @@ def status(settings: Settings) -> list[ServiceState]:
             )
         )
     return states
-
-
-# --------------------------------------------------------------------------- screenshots
-
-
-def screenshot_pages(settings: Settings, experiment: str) -> dict[str, str]:
-    """The UI pages the README shows: the nightly deployment, its latest completed run, the
-    registered models of `experiment`, and MLflow's side-by-side of their pretraining runs."""
-    from mlflow import MlflowClient
-
-    deployment = _api(settings, "/deployments/name/pipeline/nightly")
-    pages = {"prefect-deployment": f"{settings.prefect_url}/deployments/deployment/"
-             f"{deployment['id']}"}  # fmt: skip
-    runs = _api(
-        settings,
-        "/flow_runs/filter",
-        {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}, "deployment_id": {
-            "any_": [deployment["id"]]}}, "sort": "END_TIME_DESC", "limit": 1},
-    )  # fmt: skip
-    if runs:
-        pages["prefect-flow-run"] = f"{settings.prefect_url}/runs/flow-run/{runs[0]['id']}"
-    client = MlflowClient(tracking_uri=settings.mlflow_url, registry_uri=settings.mlflow_url)
-    versions = client.search_model_versions(f"name LIKE '{experiment}-%'")
-    if not versions:
-        raise ServiceError(
-            f"no registered model versions named {experiment}-* on {settings.mlflow_url}: run "
-            "the pipeline deployment first (see README, Operate)"
-        )
-    by_name: dict[str, list[Any]] = {}
-    for version in versions:
-        by_name.setdefault(version.name, []).append(version)
-    name = max(sorted(by_name), key=lambda n: len(by_name[n]))
-    # Two or more versions of one model side by side; else one version of every family.
-    chosen = by_name[name] if len(by_name[name]) > 1 else versions
-    run_ids = sorted({v.run_id for v in chosen})
-    experiment_ids = sorted({client.get_run(r).info.experiment_id for r in run_ids})
-    pages["mlflow-models"] = f"{settings.mlflow_url}/#/models/{name}"
-    pages["mlflow-compare-versions"] = (
-        f"{settings.mlflow_url}/#/compare-runs?runs={json.dumps(run_ids)}"
-        f"&experiments={json.dumps(experiment_ids)}"
-    ).replace(" ", "")
-    return pages
-
-
-def take_screenshots(pages: Mapping[str, str], out_dir: Path, browser: str = "chromium") -> list:
-    """PNG of each page with a headless browser (Debian: `apt-get install chromium`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    taken = []
-    for name, url in pages.items():
-        target = out_dir / f"{name}.png"
-        command = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-                   "--hide-scrollbars", "--window-size=1600,1100",
-                   "--virtual-time-budget=15000", f"--screenshot={target}", url]  # fmt: skip
-        try:
-            subprocess.run(command, check=True, capture_output=True, timeout=120)
-        except FileNotFoundError:
-            raise ServiceError(
-                f"{browser!r} not found: install it (Debian: apt-get install -y chromium) or "
-                "set BROWSER=<path to chromium>"
-            ) from None
-        except subprocess.CalledProcessError as error:
-            raise ServiceError(
-                f"{browser} could not capture {url}: {error.stderr.decode()[-500:]}"
-            ) from None
-        taken.append(target)
-    return taken

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pretrainlab.config import MLFLOW_DB, store_tracking_uri
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -62,7 +64,7 @@ class Layout:
 
     @property
     def mlflow_db(self) -> Path:
-        return self.store / "mlflow.db"
+        return self.store / MLFLOW_DB
 
     @property
     def mlflow_artifacts(self) -> Path:
@@ -70,4 +72,5 @@ class Layout:
 
     @property
     def default_tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_db}"
+        """The spec's default (pretrainlab.config), for this store."""
+        return store_tracking_uri(self.store)

@@ -28,11 +28,10 @@ import torch
 import torch.distributed as dist
 
 import pipelines.training.pretraining as pretraining
-from pretrainlab.config import LaunchSpec, PretrainlabError, Spec, spec_from_dict
+from pretrainlab.config import TORCH_FAMILIES, LaunchSpec, PretrainlabError, Spec, spec_from_dict
 from storage import tracking
 from storage.atomic import write_json
 
-TORCH_FAMILIES = ("elmo", "gpt", "bert")
 JOB_FILE = "launch.json"
 SUMMARY_FILE = "launch-summary.json"
 SHOWN = ("loss", "valid_loss", "tokens_per_s")

@@ -23,7 +23,7 @@ from prefect.futures import PrefectFuture, as_completed
 import pipelines.data.encoding as encoding_lib
 import pipelines.data.sentences as sentences_lib
 import pipelines.data.tokenizer_training as tokenizer_lib
-from pretrainlab.config import Spec
+from pretrainlab.config import TOKENIZER_NAMES, TOKENIZER_OF_FAMILY, Spec
 from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
@@ -31,14 +31,11 @@ from storage.layout import Layout
 from tasks.progress import ProgressReporter, stage_logger
 from tasks.tracking import OUTSIDE_WORLD, record_stage
 
-# Model family -> the tokenizer section of the spec it uses (word2vec and ELMo share one).
-TOKENIZER_OF_FAMILY = {"bert": "bert", "gpt": "gpt", "word2vec": "word", "elmo": "word"}
-
 
 def tokenizer_names(spec: Spec) -> list[str]:
     """The tokenizers the spec's families need, in a stable order."""
     wanted = {TOKENIZER_OF_FAMILY[family] for family in spec.pretrain.families}
-    return [name for name in ("bert", "gpt", "word") if name in wanted]
+    return [name for name in TOKENIZER_NAMES if name in wanted]
 
 
 @dataclass(frozen=True)

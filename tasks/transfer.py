@@ -26,7 +26,7 @@ import pipelines.models.hf_import as checkpoints_lib
 import pipelines.transfer.baselines as baselines_lib
 import pipelines.transfer.heads as heads_lib
 import pipelines.transfer.runs as transfer_lib
-from pretrainlab.config import CheckpointSpec, Spec, TaskSpec
+from pretrainlab.config import CheckpointSpec, Spec, TaskSpec, parse_mode
 from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parquet
 from storage.catalog import RESULT_SCHEMA
@@ -44,7 +44,7 @@ Point = tuple[str, float | None, int]  # metric, value, step
 
 def grid_key(mode: str) -> str:
     """frozen:layer=2 -> frozen, partial:1:frozen -> partial: the lr grid a mode draws from."""
-    return mode.split(":", 1)[0]
+    return parse_mode(mode).name
 
 
 def experiment_name(spec: Spec, task_name: str) -> str:

@@ -97,3 +97,100 @@ def test_full_example_is_generated_from_the_spec() -> None:
     assert (ROOT / "configs" / "full.yaml").read_text() == example_spec_yaml(), (
         "regenerate: pretrainlab check --example > configs/full.yaml"
     )
+
+
+# ------------------------------------------------------------------ families and modes
+
+
+def _family_lists(path: Path) -> list[int]:
+    """Lines of `path` that spell out every family: a tuple, list or set of the four names, a
+    Literal of them, or a dict keyed by them that `per_family` does not check."""
+    import ast
+
+    from pretrainlab.config import FAMILY_NAMES
+
+    def names(nodes: list[ast.expr | None]) -> set[str]:
+        return {n.value for n in nodes if isinstance(n, ast.Constant) and n.value in FAMILY_NAMES}
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    checked = {
+        id(arg)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "per_family"
+        for arg in node.args
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            spelled = names(node.elts)
+        elif isinstance(node, ast.Dict) and id(node) not in checked:
+            spelled = names(node.keys)
+        else:
+            continue
+        if spelled == set(FAMILY_NAMES):
+            found.append(node.lineno)
+    return found
+
+
+def test_the_family_registry_is_the_only_list_of_families(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        'A = ("word2vec", "elmo", "gpt", "bert")\n'
+        'B = {"bert": 1, "gpt": 2, "elmo": 3, "word2vec": 4}\n'
+        'C = per_family({"bert": 1, "gpt": 2, "elmo": 3, "word2vec": 4}, "C")\n'
+        'D = ("elmo", "gpt", "bert")\n'
+    )
+    assert _family_lists(sample) == [1, 2], "the scan must see a list, and a dict not checked"
+    registry = ROOT / "pretrainlab" / "config" / "families.py"
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for package in ("pipelines", "tasks", "flows", "pretrainlab", "storage")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path != registry
+        for line in _family_lists(path)
+    ]
+    assert offenders == [], f"read pretrainlab.config.families instead: {offenders}"
+
+
+def test_per_family_tables_must_cover_the_registry() -> None:
+    from pretrainlab.config import per_family
+
+    with pytest.raises(TypeError, match=r"missing \['bert'\], unknown \['xlnet'\]"):
+        per_family({"word2vec": 1, "elmo": 2, "gpt": 3, "xlnet": 4}, "table")
+
+
+def test_modes_are_parsed_at_load_and_a_misspelt_one_lists_the_valid_ones() -> None:
+    from pretrainlab.config import Mode
+
+    modes = ["frozen:layer=2", "partial:1:frozen"]
+    spec = spec_from_dict({**MINIMAL, "transfer": {"modes": modes}})
+    frozen, partial = spec.transfer.modes
+    assert (frozen.name, frozen.layer, partial.k, partial.freeze_loaded) == ("frozen", 2, 1, True)
+    assert frozen == "frozen:layer=2" and isinstance(frozen, Mode)  # keys and rows keep the text
+    assert spec.transfer.model_dump(mode="json")["modes"] == ["frozen:layer=2", "partial:1:frozen"]
+    with pytest.raises(SpecError) as caught:
+        spec_from_dict({**MINIMAL, "transfer": {"modes": ["finetune", "partal:1"]}}, "my.yaml")
+    message = str(caught.value)
+    assert "transfer.modes[1]" in message and "'partal:1'" in message
+    assert "scratch | frozen | frozen:layer=N | finetune | partial:k | partial:k:frozen" in message
+    with pytest.raises(SpecError, match=r"lrs\.partial"):
+        spec_from_dict({**MINIMAL, "transfer": {"modes": ["partial:1"], "lrs": {"frozen": [1]}}})
+
+
+@pytest.mark.parametrize(
+    ("transfer", "families", "expected"),
+    [
+        ({"adapt": {"families": ["word2vec"]}}, None, "'word2vec' has no language model"),
+        ({"adapt": {"families": ["xlnet"]}}, None, "'xlnet' has no language model"),
+        ({"adapt": {"families": ["bert"]}}, ["gpt"], "'bert' is neither in pretrain.families"),
+        ({"checkpoints": [{"name": "gpt", "path": "x"}]}, None, "taken by a built-in family"),
+    ],
+)
+def test_adaptation_and_checkpoint_names_are_checked_once(
+    transfer: dict, families: list[str] | None, expected: str
+) -> None:
+    pretrain = {"families": families} if families else {}
+    with pytest.raises(SpecError, match=expected):
+        spec_from_dict({**MINIMAL, "transfer": transfer, "pretrain": pretrain})
+    ok = {"adapt": {"families": ["mine"]}, "checkpoints": [{"name": "mine", "path": "x"}]}
+    assert spec_from_dict({**MINIMAL, "transfer": ok}).transfer.adapt is not None

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.data.encoding import token_parts
+from pretrainlab.config import PretrainlabError
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_manifest
 
 SPLITS = ("train", "valid")
@@ -33,7 +34,7 @@ PACK_DOCS = 65_536  # documents copied at a time when building a packed stream
 CACHE_VERSION = 1
 
 
-class LMDataError(ValueError):
+class LMDataError(PretrainlabError, ValueError):
     """Token shards that cannot feed a language model; the message says what to change."""
 
 

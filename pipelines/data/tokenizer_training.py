@@ -34,7 +34,14 @@ from tokenizers.processors import ByteLevel as ByteLevelProcessor
 from tokenizers.processors import TemplateProcessing
 
 from pipelines.data.sentences import CJK_CHARS
-from pretrainlab.config import BPESpec, PretrainlabError, WordLevelSpec, WordPieceSpec
+from pretrainlab.config import (
+    KIND_OF_TOKENIZER,
+    TOKENIZER_OF_FAMILY,
+    BPESpec,
+    PretrainlabError,
+    WordLevelSpec,
+    WordPieceSpec,
+)
 from storage.atomic import write_bytes, write_json
 from storage.hashing import SHORT, sha256_bytes, sha256_file
 
@@ -100,13 +107,10 @@ KINDS: dict[str, KindInfo] = {
     ),
 }
 
-# Model family -> tokenizer kind; word2vec and ELMo share the word-level tokenizer.
+# Tokenizer section or model family -> tokenizer kind (word2vec and ELMo share `word`).
 FAMILY_KIND = {
-    "bert": "wordpiece",
-    "gpt": "bpe",
-    "word": "wordlevel",
-    "word2vec": "wordlevel",
-    "elmo": "wordlevel",
+    **KIND_OF_TOKENIZER,
+    **{family: KIND_OF_TOKENIZER[name] for family, name in TOKENIZER_OF_FAMILY.items()},
 }
 _MODEL_KIND = {"WordPiece": "wordpiece", "BPE": "bpe", "WordLevel": "wordlevel"}
 

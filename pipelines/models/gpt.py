@@ -20,10 +20,10 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from pipelines.data.batches import micro_examples
 from pipelines.data.lm_data import PackedBlocks, open_split, packed_stream, valid_blocks
 from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_tokenizer, ship_tokenizer
-from pretrainlab.config import GPTSpec
+from pretrainlab.config import GPTSpec, PretrainlabError
 
 
-class GPTError(ValueError):
+class GPTError(PretrainlabError, ValueError):
     """A GPT spec or saved model that cannot be used; the message says what to change."""
 
 

@@ -7,6 +7,7 @@ Face importer and transfer all load through here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +16,28 @@ import pipelines.models.elmo as elmo
 import pipelines.models.gpt as gpt
 import pipelines.models.word2vec as word2vec
 from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_tokenizer
-from pretrainlab.config import PretrainlabError
+from pretrainlab.config import FAMILY_NAMES, PretrainlabError, per_family
+
+
+def _with_tokenizer(load: Callable[[Path], Any]) -> Callable[[Path], tuple[Any, Any]]:
+    """word2vec and ELMo save weights only; their tokenizer is the shipped `tokenizer/`."""
+    return lambda directory: (load(directory), load_tokenizer(directory / TOKENIZER_SUBDIR))
+
+
+# GPT and BERT are Hugging Face models: their loaders return the model and its tokenizer.
+LOADERS = per_family(
+    {
+        "word2vec": _with_tokenizer(word2vec.load_vectors),
+        "elmo": _with_tokenizer(elmo.load_elmo),
+        "gpt": gpt.load_gpt,
+        "bert": bert.load_bert,
+    },
+    "saved.LOADERS",
+)
 
 
 def load_pretrained(family: str, directory: str | Path) -> tuple[Any, Any]:
     """A saved model of `family` and the tokenizer it was trained with, ready to use."""
-    directory = Path(directory)
-    tokenizer_dir = directory / TOKENIZER_SUBDIR
-    if family == "gpt":
-        return gpt.load_gpt(directory)
-    if family == "bert":
-        return bert.load_bert(directory)
-    if family == "elmo":
-        return elmo.load_elmo(directory), load_tokenizer(tokenizer_dir)
-    if family == "word2vec":
-        return word2vec.load_vectors(directory), load_tokenizer(tokenizer_dir)
-    raise PretrainlabError(
-        f"unknown family {family!r}; choose from word2vec, elmo, gpt, bert"
-    )
+    if family not in LOADERS:
+        raise PretrainlabError(f"unknown family {family!r}; choose from {', '.join(FAMILY_NAMES)}")
+    return LOADERS[family](Path(directory))

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data.batches import Batch
-from pretrainlab.config import LoopSpec
+from pretrainlab.config import LoopSpec, PretrainlabError
 from storage.atomic import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,12 +42,13 @@ CHECKPOINT_FORMAT = "pretrainlab-checkpoint-v1"
 LogFn = Callable[[dict[str, float], int], None]
 
 
-class TrainingError(RuntimeError):
+class TrainingError(PretrainlabError, RuntimeError):
     """Training cannot go on (NaN loss, out of memory, bad checkpoint); the message says why."""
 
 
-class CheckpointError(TrainingError):
-    """A checkpoint that is corrupt, foreign, or belongs to another model."""
+class ResumeCheckpointError(TrainingError):
+    """A training checkpoint (to resume from) that is corrupt, foreign, or belongs to another
+    model. Not `hf_import.CheckpointError`, which is about a user's own pretrained model."""
 
 
 class Objective(Protocol):
@@ -166,19 +167,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(
+        raise ResumeCheckpointError(
             f"{path}: cannot read this checkpoint: it is corrupt, or holds pickled objects that "
             "weights_only loading refuses (only tensors and plain values are trusted); delete it "
             "to start this model from scratch"
         ) from None
     except Exception as error:  # torch raises many kinds on a damaged zip
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(
+        raise ResumeCheckpointError(
             f"{path}: cannot read this checkpoint ({first}); it is corrupt or not a torch file: "
             "delete it to start this model from scratch"
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
+        raise ResumeCheckpointError(
             f"{path}: not a pretrainlab checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
             "point checkpoint_dir at this model's own directory or delete the file"
         )
@@ -193,7 +194,7 @@ def _restore(
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise CheckpointError(
+        raise ResumeCheckpointError(
             f"{path}: checkpoint does not fit this model/optimizer ({first}). It was written by a "
             "different model configuration; use a fresh checkpoint_dir or delete the file."
         ) from None

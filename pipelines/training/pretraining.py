@@ -22,16 +22,18 @@ import pipelines.models.word2vec as word2vec
 import pipelines.models.word2vec_eval as word2vec_eval
 import pipelines.training.loop as training
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
-from pretrainlab.config import PretrainlabError, Spec
+from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 
-FAMILIES = ("word2vec", "elmo", "gpt", "bert")
 # The code that computes each family's weights: editing any of it invalidates cached models.
-CODE: dict[str, list[ModuleType]] = {
-    "word2vec": [word2vec, word2vec_eval],
-    "elmo": [elmo, training, lm_data],
-    "gpt": [gpt, training, lm_data],
-    "bert": [bert, masking, training, lm_data],
-}
+CODE: dict[str, list[ModuleType]] = per_family(
+    {
+        "word2vec": [word2vec, word2vec_eval],
+        "elmo": [elmo, training, lm_data],
+        "gpt": [gpt, training, lm_data],
+        "bert": [bert, masking, training, lm_data],
+    },
+    "pretraining.CODE",
+)
 LogFn = Callable[[dict[str, float], int], None]
 
 
@@ -196,7 +198,9 @@ def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None
     }
 
 
-RUNNERS = {"word2vec": _word2vec, "elmo": _elmo, "gpt": _gpt, "bert": _bert}
+RUNNERS = per_family(
+    {"word2vec": _word2vec, "elmo": _elmo, "gpt": _gpt, "bert": _bert}, "pretraining.RUNNERS"
+)
 
 
 def pretrain(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None = None) -> dict:
@@ -207,7 +211,7 @@ def pretrain(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None 
     language, and the report must not compare it as if it had.
     """
     if job.family not in RUNNERS:
-        raise PretrainError(f"unknown family {job.family!r}; choose from {', '.join(FAMILIES)}")
+        raise PretrainError(f"unknown family {job.family!r}; choose from {', '.join(FAMILY_NAMES)}")
     job.out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"family": job.family, **RUNNERS[job.family](spec, job, log, stop_at_step)}
     gap = summary.get("entropy_gap")

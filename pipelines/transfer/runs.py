@@ -50,6 +50,7 @@ from pipelines.transfer.heads import (
     load_encoder,
     pooled_states,
 )
+from pretrainlab.config import Mode, parse_mode
 from storage.atomic import atomic_dir, is_complete, write_manifest
 from storage.hashing import stable_hash
 
@@ -89,32 +90,6 @@ class TransferResult:
     mix_weights: list[float] | None  # the scalar mix's softmax weights, when there is a mix
     train_examples: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class Mode:
-    name: str  # scratch | frozen | finetune | partial
-    layer: int | None = None  # frozen:layer=N
-    k: int | None = None  # partial:k
-    freeze_loaded: bool = False  # partial:k:frozen
-
-
-MODES = "scratch | frozen | frozen:layer=N | finetune | partial:k | partial:k:frozen"
-
-
-def parse_mode(text: str) -> Mode:
-    """`frozen:layer=2` -> Mode("frozen", layer=2); a clear error for anything else."""
-    parts = text.split(":")
-    try:
-        if parts == ["scratch"] or parts == ["finetune"] or parts == ["frozen"]:
-            return Mode(parts[0])
-        if len(parts) == 2 and parts[0] == "frozen" and parts[1].startswith("layer="):
-            return Mode("frozen", layer=int(parts[1].removeprefix("layer=")))
-        if parts[0] == "partial" and len(parts) in (2, 3) and parts[2:] in ([], ["frozen"]):
-            return Mode("partial", k=int(parts[1]), freeze_loaded=len(parts) == 3)
-    except ValueError:
-        pass
-    raise TransferError(f"unknown transfer mode {text!r}; choose from {MODES}")
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -155,3 +155,36 @@ def test_query_errors_say_what_to_do(tmp_path: Path, env) -> None:
     assert done.returncode == 2
     assert "no_such_table" in done.stderr and "catalog_info" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_user_error_inside_a_flow_prints_its_message_once_without_traceback(
+    tmp_path: Path, env
+) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        {"store": str(tmp_path / "store"), "corpus": {"sources": [{"path": str(empty)}]}},
+    )
+    done = cli("run", str(spec), "--until", "ingest", env=env, cwd=tmp_path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert output.count("the corpus is empty") == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert "Task run 'build-corpus" in output and "failed: IngestError" in output  # which task
+
+
+def test_check_rejects_a_misspelt_mode_in_seconds(tmp_path: Path, env) -> None:
+    spec = write_spec(
+        tmp_path / "s.yaml",
+        {"corpus": {"sources": [{"path": "c.txt"}]}, "transfer": {"modes": ["partal:1"]}},
+    )
+    started = time.monotonic()
+    done = cli("check", str(spec), env=env, cwd=tmp_path)
+    assert done.returncode == 2 and time.monotonic() - started < 30
+    message = " ".join(done.stderr.split())
+    assert "transfer.modes[0]" in message and "'partal:1'" in message
+    assert "finetune | partial:k | partial:k:frozen" in message and "Traceback" not in message
+    debug = cli("--debug", "check", str(spec), env=env, cwd=tmp_path)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr and "partal:1" in debug.stderr
+    assert not (tmp_path / ".pretrainlab").exists()  # nothing written

@@ -18,7 +18,7 @@ import torch
 
 from pipelines.data.batches import micro_examples, seeded_generator
 from pipelines.training.loop import (
-    CheckpointError,
+    ResumeCheckpointError,
     TrainingError,
     checkpoint_path,
     load_checkpoint,
@@ -200,21 +200,22 @@ def test_corrupt_foreign_and_mismatched_checkpoints_are_refused(corpus, tmp_path
         train(model, objective, spec.loop, tmp_path / "c", lambda m, s: None)
 
     path.write_bytes(b"\x00garbage, not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"cannot read this checkpoint.*delete it"):
+    with pytest.raises(ResumeCheckpointError, match=r"cannot read this checkpoint.*delete it"):
         attempt()
     torch.save({"state_dict": {"w": torch.zeros(2)}}, path)  # someone else's torch file
-    with pytest.raises(CheckpointError, match="not a pretrainlab checkpoint"):
+    with pytest.raises(ResumeCheckpointError, match="not a pretrainlab checkpoint"):
         attempt()
     torch.save({"format": "pretrainlab-checkpoint-v1", "model": torch.nn.Linear(2, 2)}, path)
-    with pytest.raises(CheckpointError, match="cannot read"):  # pickled code: weights_only refuses
+    # Pickled code: weights_only loading refuses it.
+    with pytest.raises(ResumeCheckpointError, match="cannot read"):
         attempt()
     _run(corpus, tmp_path, "wide", {"max_steps": 1}, {"n_embd": 64})
     good = checkpoint_path(tmp_path / "wide").read_bytes()
     path.write_bytes(good[: len(good) // 2])  # truncated
-    with pytest.raises(CheckpointError, match="cannot read this checkpoint"):
+    with pytest.raises(ResumeCheckpointError, match="cannot read this checkpoint"):
         attempt()
     path.write_bytes(good)  # complete, but another model's shapes
-    with pytest.raises(CheckpointError, match="does not fit this model"):
+    with pytest.raises(ResumeCheckpointError, match="does not fit this model"):
         attempt()
 
 

@@ -36,7 +36,7 @@ from pipelines.transfer.runs import (
     span_f1,
     spans,
 )
-from pretrainlab.config import spec_from_dict
+from pretrainlab.config import PretrainlabError, spec_from_dict
 from tests.pipelines.tiny_lm import SCHEMA, lee_documents
 
 FAMILIES = ("word2vec", "elmo", "gpt", "bert")
@@ -350,7 +350,7 @@ def test_word2vec_has_no_partial_mode_and_bad_modes_are_named(
     task = tasks["classify"]
     with pytest.raises(TransferError, match="word2vec has no layers"):
         run_transfer("word2vec", models["word2vec"], task, task.train, config("partial:1"))
-    with pytest.raises(TransferError, match="unknown transfer mode 'frozen:top'"):
+    with pytest.raises(PretrainlabError, match="unknown transfer mode 'frozen:top'"):
         parse_mode("frozen:top")
     with pytest.raises(TransferError, match="choose k from 0 to 2"):
         run_transfer("bert", models["bert"], task, task.train, config("partial:5"))

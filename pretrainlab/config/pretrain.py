@@ -1,0 +1,138 @@
+"""Pretraining: one section per family, the shared training loop, the budget and torchrun."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pretrainlab.config.base import Strict
+from pretrainlab.config.families import FAMILY_NAMES, Family
+
+
+class LoopSpec(Strict):
+    """The shared torch training loop (ELMo, GPT, BERT)."""
+
+    max_steps: int = Field(200, ge=1, description="Optimizer steps (stops earlier on a budget).")
+    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (global batch).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per step; divides batch_size.")
+    lr: float = Field(5e-4, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decay floor, share of lr.")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+
+    @model_validator(mode="after")
+    def _accum_divides_batch(self) -> LoopSpec:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}"
+            )
+        return self
+
+
+class Word2VecSpec(Strict):
+    sg: bool = Field(True, description="Skip-gram (true) or CBOW (false).")
+    vector_size: int = Field(100, ge=2)
+    window: int = Field(5, ge=1)
+    negative: int = Field(5, ge=1)
+    sample: float = Field(1e-3, ge=0)
+    epochs: int = Field(5, ge=1)
+    workers: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class ELMoSpec(Strict):
+    embedding_dim: int = Field(128, ge=2, description="Token embedding = LSTM projection size.")
+    hidden_dim: int = Field(256, ge=2, description="LSTM cell size before projection.")
+    seq_len: int = Field(32, ge=2)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    softmax: Literal["adaptive", "full"] = "adaptive"
+    adaptive_cutoffs: list[int] = Field([2000, 10000], description="Vocabulary cut-offs.")
+    loop: LoopSpec = LoopSpec()
+
+
+class GPTSpec(Strict):
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(2, ge=1)
+    n_embd: int = Field(128, ge=8)
+    block_size: int = Field(64, ge=8, description="Tokens per packed training block.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    loop: LoopSpec = LoopSpec()
+
+
+class BERTSpec(Strict):
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(2, ge=1)
+    hidden_size: int = Field(128, ge=8)
+    intermediate_size: int = Field(512, ge=8)
+    max_seq_len: int = Field(64, ge=8, description="[CLS] A [SEP] B [SEP] length.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens chosen.")
+    mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Chosen -> [MASK].")
+    random_replace_prob: float = Field(0.1, ge=0, le=1, description="Chosen -> random token.")
+    next_sentence_prob: float = Field(0.5, ge=0, le=1, description="Share of true next sentences.")
+    loop: LoopSpec = LoopSpec()
+
+    @model_validator(mode="after")
+    def _replacement_shares(self) -> BERTSpec:
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
+        return self
+
+
+class BudgetSpec(Strict):
+    """One pretraining budget shared by every family, for a fair race."""
+
+    tokens: int | None = Field(None, ge=1, description="Stop each family after this many tokens.")
+    minutes: float | None = Field(None, gt=0, description="Wall clock per family (run one by one).")
+
+
+class LaunchSpec(Strict):
+    """torchrun for the torch families (ELMo, GPT, BERT); world size = nproc_per_node x nnodes.
+
+    pretrainlab runs on node 0 (it logs, checkpoints and registers); every other node joins
+    with the torchrun command node 0 logs. All nodes need the store at the same path.
+    """
+
+    nproc_per_node: int = Field(1, ge=1, description="Ranks per node: one per GPU (gloo: CPU).")
+    nnodes: int = Field(1, ge=1, description="Machines; >1 needs the store on a shared filesystem.")
+    master_addr: str = Field("127.0.0.1", description="Node 0's address, reachable by all nodes.")
+    master_port: int = Field(29500, ge=1, le=65535, description="A free TCP port on node 0.")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="auto = nccl when CUDA is visible, else gloo."
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _reachable_master(self) -> LaunchSpec:
+        if self.nnodes > 1 and self.master_addr in ("127.0.0.1", "localhost"):
+            raise ValueError(
+                f"nnodes {self.nnodes} needs master_addr = node 0's address on the network "
+                f"(the other nodes cannot reach {self.master_addr})"
+            )
+        return self
+
+
+class PretrainSpec(Strict):
+    families: list[Family] = Field(list(FAMILY_NAMES), min_length=1)
+    budget: BudgetSpec = BudgetSpec()
+    launch: LaunchSpec = LaunchSpec()
+    unigram_gap_nats: float = Field(
+        0.5, description="Tag an LM run `learned_little` when valid loss is within this of entropy."
+    )
+    word2vec: Word2VecSpec = Word2VecSpec()
+    elmo: ELMoSpec = ELMoSpec()
+    gpt: GPTSpec = GPTSpec()
+    bert: BERTSpec = BERTSpec()
+

@@ -1,4 +1,4 @@
-"""pipelines.report.report on a real store: result rows written as Parquet with
+"""pipelines.report on a real store: result rows written as Parquet with
 storage.atomic, a real
 MLflow (SQLite under tmp) with pretrain runs, a refreshed DuckDB catalog, then the report."""
 
@@ -15,16 +15,9 @@ import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.report.report import (
-    NOT_MEASURED,
-    PARTLY,
-    SUPPORTED,
-    Data,
-    ReportError,
-    ReportResult,
-    build_report,
-    open_catalog,
-)
+from pipelines.report.document import NOT_MEASURED, PARTLY, SUPPORTED
+from pipelines.report.report import ReportResult, build_report
+from pipelines.report.scores import Data, ReportError, open_catalog
 from storage import tracking
 from storage.atomic import write_parquet
 from storage.catalog import RESULT_SCHEMA, refresh

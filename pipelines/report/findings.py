@@ -109,7 +109,7 @@ def partial_curves(data: Data) -> list[PartialCurve]:
     curves: dict[tuple[str, str, str, bool], PartialCurve] = {}
     for key in data.cells():
         mode = mode_of(key.mode)
-        if mode is None or mode.name != "partial" or mode.k is None or mode.freeze_loaded:
+        if mode is None or mode.name != "partial" or mode.k is None:
             continue
         slot = (key.task, key.model, key.budget, mode.freeze_loaded)
         curve = curves.setdefault(slot, PartialCurve(*slot))

@@ -74,3 +74,34 @@ class Layout:
     def default_tracking_uri(self) -> str:
         """The spec's default (pretrainlab.config), for this store."""
         return store_tracking_uri(self.store)
+
+    # ------------------------------------------------------------- read by the catalog
+
+    @property
+    def tokenizers(self) -> Path:
+        return self.store / "tokenizers"
+
+    def tokenizer_meta(self, tokenizer_id: str) -> Path:
+        return self.tokenizer(tokenizer_id) / "tokenizer_meta.json"
+
+    @property
+    def token_outputs(self) -> Path:
+        """tokens/: one directory per tokenizer, one output per encoding inside it."""
+        return self.store / "tokens"
+
+    def rejects(self, corpus_id: str) -> Path:
+        return self.corpus(corpus_id) / "rejects.parquet"
+
+    @staticmethod
+    def parts(output: Path) -> list[Path]:
+        """The Parquet shards of a corpus or token output directory, in order."""
+        return sorted(output.glob("part-*.parquet"))
+
+    def catalog_build(self, tag: str) -> Path:
+        """A catalog being built, hidden, renamed onto `catalog` when complete."""
+        return self.store / f".{self.catalog.name}.tmp-{tag}"
+
+    @staticmethod
+    def duckdb_wal(database: Path) -> Path:
+        """DuckDB's write-ahead log beside a database file."""
+        return database.with_name(f"{database.name}.wal")

@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pretrainlab.config import PretrainlabError, Spec
 from storage import tracking
 from storage.layout import Layout
+from storage.scores import score_sql
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -147,7 +148,7 @@ HEADLINE_METRICS = ("accuracy", "span_f1")
 
 def transfer_scores(spec: Spec, run_ids: Iterable[str]) -> list[dict[str, Any]]:
     """Mean test headline score per task x model x mode x budget over the result rows of these
-    transfer runs (one flow's, cached or new), read from the rows the report also reads."""
+    transfer runs (one flow's, cached or new), by the score definition the report also uses."""
     files = sorted(Layout.at(spec.store).results.glob("*/*.parquet"))
     wanted = pa.table({"run_id": sorted(set(run_ids))}, schema=pa.schema([("run_id", pa.string())]))
     if not files or wanted.num_rows == 0:
@@ -157,13 +158,16 @@ def transfer_scores(spec: Spec, run_ids: Iterable[str]) -> list[dict[str, Any]]:
     con.register("rows", rows)
     con.register("wanted", wanted)
     metrics = ", ".join(f"'{m}'" for m in HEADLINE_METRICS)
+    cell = ("task", "family", "model_version", "mode", "budget", "metric")
+    scores = score_sql(
+        "(select * from rows semi join wanted using (run_id))", cell, f"metric in ({metrics})"
+    )
     return con.sql(
         f"""
+        with scores as ({scores})
         select task, family, model_version as version, mode, budget, metric,
-               round(avg(value), 4) as mean, count(*) as seeds
-        from rows semi join wanted using (run_id)
-        where split = 'test' and layer is null and metric in ({metrics})
-        group by all order by task, family, mode, budget
+               round(mean, 4) as mean, n as seeds
+        from scores order by task, family, mode, budget
         """
     ).to_arrow_table().to_pylist()
 

@@ -127,11 +127,11 @@ def models_compare(
 
       pretrainlab models compare demo-bert   # every version of it
     """
-    from storage import versions
+    from storage import version_compare
 
     store, uri = store_and_uri(spec_path, store)
     try:
-        comparison = versions.compare(store, refs, uri, headline_only=not all_metrics)
+        comparison = version_compare.compare(store, refs, uri, headline_only=not all_metrics)
     except PretrainlabError as error:
         fail(error)
     if fmt is OutputFormat.json:  # numbers stay numbers (the CSV's value column is text)
@@ -178,16 +178,17 @@ def models_promote(
 
       pretrainlab models promote demo-gpt --task polarity --task wic --aggregate min
     """
-    from storage import versions
+    from pipelines.report.promotion import Rule
+    from tasks.promote import promote
 
     if aggregate not in ("mean", "min"):
         fail(PretrainlabError(f"--aggregate {aggregate!r}: choose mean or min"))
     if margin < 0:
         fail(PretrainlabError(f"--margin {margin}: must be >= 0"))
-    rule = versions.Rule(mode, budget, tuple(tasks or ()), metric, aggregate, margin)  # type: ignore[arg-type]
+    rule = Rule(mode, budget, tuple(tasks or ()), metric, aggregate, margin)  # type: ignore[arg-type]
     store, uri = store_and_uri(spec_path, store)
     try:
-        decision = versions.promote(store, name, rule, uri, dry_run=dry_run)
+        decision = promote(store, name, rule, uri, dry_run=dry_run)
     except PretrainlabError as error:
         fail(error)
     if fmt is OutputFormat.json:

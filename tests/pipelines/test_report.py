@@ -1,4 +1,4 @@
-"""pipelines.report.report on a real store: result rows written as Parquet with
+"""pipelines.report on a real store: result rows written as Parquet with
 storage.atomic, a real
 MLflow (SQLite under tmp) with pretrain runs, a refreshed DuckDB catalog, then the report."""
 
@@ -15,16 +15,9 @@ import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.report.report import (
-    NOT_MEASURED,
-    PARTLY,
-    SUPPORTED,
-    Data,
-    ReportError,
-    ReportResult,
-    build_report,
-    open_catalog,
-)
+from pipelines.report.document import NOT_MEASURED, PARTLY, SUPPORTED
+from pipelines.report.report import ReportResult, build_report
+from pipelines.report.scores import Data, ReportError, open_catalog
 from storage import tracking
 from storage.atomic import write_parquet
 from storage.catalog import RESULT_SCHEMA, refresh
@@ -398,3 +391,22 @@ def test_report_of_one_experiment_leaves_out_the_others(tmp_path: Path) -> None:
     assert "0.700" in scoped and "0.400" not in scoped
     whole = build_report(lab.store, tmp_path / "all").markdown_path.read_text()
     assert "| polarity | gpt | finetune | all | 0.550" in whole  # unscoped: both pooled as one
+
+
+def test_partial_k_frozen_runs_are_curves_too(tmp_path: Path) -> None:
+    """partial:k:frozen rows (loaded layers frozen) draw their own k curve, scratch as k=0; a
+    regex that knew only partial:k skipped them, leaving the claim "not measured"."""
+    rows = []
+    for mode, top in (("scratch", 0.55), ("partial:1:frozen", 0.60), ("partial:2:frozen", 0.65)):
+        for seed in SEEDS:
+            rows += run_rows("polarity", "gpt", mode, "all", seed, GOOD_LR, top)
+    layout = Layout.at(tmp_path / "store")
+    write_parquet(layout.results / "frozen.parquet", table(rows))
+    refresh(layout.store, layout.default_tracking_uri)
+    result = build_report(layout.store, tmp_path / "out")
+    c = claim(result, "Loading more pretrained layers")
+    assert c.verdict == SUPPORTED
+    assert "gpt/polarity@all frozen k=0 0.550, k=1 0.600, k=2 0.650" in c.line
+    md = result.markdown_path.read_text()
+    assert "partial:k:frozen (the k loaded layers frozen, the rest trained):" in md
+    assert "| polarity | gpt | all | k=0: 0.550 ±0.025; k=1: 0.600 ±0.025; k=2: 0.650" in md

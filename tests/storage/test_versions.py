@@ -1,4 +1,5 @@
-"""storage.versions on a real MLflow registry and real result rows: compare, promote, publish."""
+"""storage.versions, version_compare and downstream, and the promotion rule (tasks.promote,
+pipelines.report.promotion) on a real MLflow registry and real result rows."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 
 import pytest
 
-from storage import catalog, versions
+import tasks.promote as promote_task
+from pipelines.report.promotion import Rule
+from storage import catalog, downstream, version_compare, versions
 from storage.registry import CHAMPION
 from tests.storage.lab_store import Lab, make_lab
 
@@ -39,7 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return lab
 
 
-def rows(comparison: versions.Comparison, section: str) -> list[dict]:
+def rows(comparison: version_compare.Comparison, section: str) -> list[dict]:
     return [r for r in comparison.rows if r["section"] == section]
 
 
@@ -62,7 +65,7 @@ def test_version_scores_view_links_rows_to_versions_and_marks_headlines(lab: Lab
 
 
 def test_compare_shows_spec_differences_pretraining_and_downstream_deltas(lab: Lab) -> None:
-    comparison = versions.compare(lab.store, ["lab-bert@v1", "lab-bert/2"], lab.uri)
+    comparison = version_compare.compare(lab.store, ["lab-bert@v1", "lab-bert/2"], lab.uri)
     assert [v.label for v in comparison.versions] == ["lab-bert@v1", "lab-bert@v2"]
     spec_keys = {r["key"] for r in rows(comparison, "spec")}
     assert "pretrain.bert.n_layer" in spec_keys and "tag.config_hash" in spec_keys
@@ -81,27 +84,29 @@ def test_compare_shows_spec_differences_pretraining_and_downstream_deltas(lab: L
     frozen = down[("polarity", "frozen", "accuracy", "lab-bert@v1")]
     assert frozen["value"] is None and frozen["delta"] is None  # v1 has no frozen score
     table = comparison.table()
-    assert table.column_names == list(versions.COLUMNS) and table.num_rows == len(comparison.rows)
+    assert table.column_names == list(version_compare.COLUMNS)
+    assert table.num_rows == len(comparison.rows)
 
 
 def test_compare_across_families_by_alias_and_every_version_by_name(lab: Lab) -> None:
-    across = versions.compare(lab.store, ["lab-bert@candidate", "lab-gpt@candidate"], lab.uri)
+    refs = ["lab-bert@candidate", "lab-gpt@candidate"]
+    across = version_compare.compare(lab.store, refs, lab.uri)
     assert [v.label for v in across.versions] == ["lab-bert@v3", "lab-gpt@v1"]
     assert {r["key"] for r in rows(across, "spec")} >= {"tag.family", "tag.model_key"}
-    everything = versions.compare(lab.store, ["lab-bert"], lab.uri, headline_only=False)
+    everything = version_compare.compare(lab.store, ["lab-bert"], lab.uri, headline_only=False)
     assert [v.version for v in everything.versions] == [1, 2, 3, 4]
     assert any(r["key"] == "accuracy" and r["task"] == "tags" for r in everything.rows)
 
 
 def test_bad_references_name_what_exists(lab: Lab) -> None:
     with pytest.raises(versions.VersionError, match=r"lab-bert@v1, .*lab-gpt@v1"):
-        versions.compare(lab.store, ["lab-bert@v9"], lab.uri)
+        version_compare.compare(lab.store, ["lab-bert@v9"], lab.uri)
     with pytest.raises(versions.VersionError, match="expected NAME"):
-        versions.compare(lab.store, ["lab bert"], lab.uri)
+        version_compare.compare(lab.store, ["lab bert"], lab.uri)
     with pytest.raises(versions.VersionError, match="no such registered model"):
-        versions.decide(lab.store, "lab-elmo", versions.Rule(), lab.uri)
+        promote_task.decide(lab.store, "lab-elmo", Rule(), lab.uri)
     with pytest.raises(versions.VersionError, match=r"task\(s\) sentiment.*scored tasks: polarity"):
-        versions.decide(lab.store, "lab-bert", versions.Rule(tasks=("sentiment",)), lab.uri)
+        promote_task.decide(lab.store, "lab-bert", Rule(tasks=("sentiment",)), lab.uri)
 
 
 def champion(lab: Lab, name: str = "lab-bert") -> str | None:
@@ -110,8 +115,8 @@ def champion(lab: Lab, name: str = "lab-bert") -> str | None:
 
 
 def test_promote_moves_champion_by_the_rule_and_records_why(lab: Lab) -> None:
-    rule = versions.Rule(mode="finetune", budget="all")
-    dry = versions.promote(lab.store, "lab-bert", rule, lab.uri, dry_run=True)
+    rule = Rule(mode="finetune", budget="all")
+    dry = promote_task.promote(lab.store, "lab-bert", rule, lab.uri, dry_run=True)
     assert dry.promote and not dry.applied and champion(lab) is None
     # v3 has no `tags` score, so it cannot be ranked although its polarity score is highest.
     assert dry.tasks == ["polarity", "tags"] and 3 in dry.ineligible
@@ -119,7 +124,7 @@ def test_promote_moves_champion_by_the_rule_and_records_why(lab: Lab) -> None:
     assert dry.scores[1] == pytest.approx((0.65 + 0.45) / 2)
     assert dry.scores[2] == pytest.approx((0.75 + 0.55) / 2) and dry.best == 2
 
-    done = versions.promote(lab.store, "lab-bert", rule, lab.uri)
+    done = promote_task.promote(lab.store, "lab-bert", rule, lab.uri)
     assert done.applied and champion(lab) == "2"
     record = json.loads(lab.client.get_model_version("lab-bert", "2").tags[versions.REASON_TAG])
     assert record["best"] == 2 and record["previous_champion"] is None
@@ -127,31 +132,31 @@ def test_promote_moves_champion_by_the_rule_and_records_why(lab: Lab) -> None:
     model_tags = lab.client.get_registered_model("lab-bert").tags
     assert json.loads(model_tags[versions.REASON_TAG])["decided_at"] == record["decided_at"]
 
-    again = versions.promote(lab.store, "lab-bert", rule, lab.uri)
+    again = promote_task.promote(lab.store, "lab-bert", rule, lab.uri)
     assert not again.promote and "still the best" in again.reason and champion(lab) == "2"
 
     # On polarity alone v3 is best (0.95 vs 0.75): a margin of 0.3 keeps v2, 0.1 moves it.
-    polarity = versions.Rule(tasks=("polarity",), margin=0.3)
-    kept = versions.promote(lab.store, "lab-bert", polarity, lab.uri)
+    polarity = Rule(tasks=("polarity",), margin=0.3)
+    kept = promote_task.promote(lab.store, "lab-bert", polarity, lab.uri)
     assert not kept.promote and "not more than the margin" in kept.reason and champion(lab) == "2"
-    moved = versions.promote(
-        lab.store, "lab-bert", versions.Rule(tasks=("polarity",), margin=0.1), lab.uri
+    moved = promote_task.promote(
+        lab.store, "lab-bert", Rule(tasks=("polarity",), margin=0.1), lab.uri
     )
     assert moved.applied and champion(lab) == "3" and moved.champion == 2
 
 
 def test_worst_case_rule_and_explicit_metric(lab: Lab) -> None:
-    worst = versions.decide(lab.store, "lab-bert", versions.Rule(aggregate="min"), lab.uri)
+    worst = promote_task.decide(lab.store, "lab-bert", Rule(aggregate="min"), lab.uri)
     assert worst.scores[2] == pytest.approx(0.55)
-    by_accuracy = versions.decide(
-        lab.store, "lab-bert", versions.Rule(tasks=("tags",), metric="accuracy"), lab.uri
+    by_accuracy = promote_task.decide(
+        lab.store, "lab-bert", Rule(tasks=("tags",), metric="accuracy"), lab.uri
     )
     assert by_accuracy.scores == {1: pytest.approx(0.9)}
     assert set(by_accuracy.ineligible) == {2, 3, 4}
 
 
 def test_publish_downstream_logs_summaries_once(lab: Lab) -> None:
-    logged = versions.publish_downstream(lab.store, lab.uri)
+    logged = downstream.publish_downstream(lab.store, lab.uri)
     run_v2 = next(run for run, version in lab.versions.items() if version == "2")
     metrics = lab.client.get_run(run_v2).data.metrics
     assert metrics["downstream/polarity/finetune/all/accuracy"] == pytest.approx(0.75)
@@ -159,8 +164,8 @@ def test_publish_downstream_logs_summaries_once(lab: Lab) -> None:
     assert metrics["downstream/mean/finetune/all/headline"] == pytest.approx(0.65)
     assert "downstream/tags/finetune/all/accuracy" not in metrics  # only headlines
     assert logged == 3 + 5 + 2 + 3 + 2  # v1: 2 + a mean, v2: 3 + 2 means, v3: 1 + 1, v4: 2 + 1
-    assert versions.publish_downstream(lab.store, lab.uri) == 0
-    pretrain = versions.compare(lab.store, ["lab-bert@v2"], lab.uri)
+    assert downstream.publish_downstream(lab.store, lab.uri) == 0
+    pretrain = version_compare.compare(lab.store, ["lab-bert@v2"], lab.uri)
     assert not any(r["key"].startswith("downstream/") for r in rows(pretrain, "pretrain"))
 
 

@@ -1,0 +1,278 @@
+"""Report sections 4-8: probes per layer, transfer modes, masking, equal budget, polysemy.
+
+Each section returns its `Section` and, where a claim judges it, the typed findings it drew.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from pipelines.report.document import Plots, Section, slug
+from pipelines.report.findings import (
+    MaskingCell,
+    PartialCurve,
+    PolysemyRow,
+    best_at_largest,
+    pairs,
+    partial_curves,
+    single_layers,
+)
+from pipelines.report.scores import BASE, Data, Stat, budget_order, versus_baseline_text
+from pipelines.report.sections_scores import MASK_PARAM, pretrain_rows
+from storage.scores import cell_stats
+
+# ---------------------------------------------------------------------------------- probes
+
+
+def _probe_rows(data: Data) -> list[dict[str, Any]]:
+    """Per-layer probe scores at each (task, model)'s largest budget."""
+    if not data.has_results:
+        return []
+    found = data.rows(
+        BASE + cell_stats("res", ("task", "model", "b"), "mode = 'probe' and metric = 'accuracy' "
+                          "and task <> 'polysemy'", per_layer=True)
+    )  # fmt: skip
+    largest: dict[tuple[str, str], str] = {}
+    for r in found:
+        key = (r["task"], r["model"])
+        largest[key] = max(largest.get(key, r["b"]), r["b"], key=budget_order)
+    return sorted(
+        (r for r in found if r["b"] == largest[(r["task"], r["model"])]),
+        key=lambda r: (r["task"], r["model"], r["layer"]),
+    )
+
+
+def section_probes(data: Data, plots: Plots) -> tuple[Section, dict[tuple[str, str], int]]:
+    sec = Section("4. Score per layer (linear probes)")
+    rows = _probe_rows(data)
+    if not rows:
+        sec.text("Skipped: no probe rows (mode 'probe' with a layer).")
+        return sec, {}
+    best: dict[tuple[str, str], int] = {}
+    for r in rows:
+        key = (r["task"], r["model"])
+        top = [x for x in rows if (x["task"], x["model"]) == key]
+        best[key] = max(top, key=lambda x: x["mean"])["layer"]
+    table = []
+    for r in rows:
+        stat = Stat.of_row(r)
+        gap = data.against_baseline(r["task"], r["b"], stat)
+        is_best = "best" if best[(r["task"], r["model"])] == r["layer"] else ""
+        table.append([r["task"], r["model"], r["layer"], stat.text(), r["n"], is_best,
+                      versus_baseline_text(gap)])  # fmt: skip
+    sec.table(["task", "model", "layer", "accuracy", "n", "best layer?", "vs baseline"], table)
+    for task in sorted({r["task"] for r in rows}):
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        for model in sorted({r["model"] for r in rows if r["task"] == task}):
+            pts = [r for r in rows if r["task"] == task and r["model"] == model]
+            ax.plot([r["layer"] for r in pts], [r["mean"] for r in pts], marker="o", label=model)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.set_ylabel("probe test accuracy")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+        sec.image(plots.save(fig, f"probes_{slug(task)}"), f"{task}: probe accuracy per layer")
+    return sec, best
+
+
+# ----------------------------------------------------------------------------------- modes
+
+SINGLE_HEADERS = ["task", "model", "budget", "frozen scalar mix", "best single layer",
+                  "its score", "mix − best"]  # fmt: skip
+PARTIAL_HEADERS = ["task", "model", "budget", "k (0 = scratch): accuracy"]
+
+
+def _curve_rows(curves: list[PartialCurve]) -> list[list[str]]:
+    return [
+        [c.task, c.model, c.budget, "; ".join(f"k={k}: {s.text()}" for k, s in c.points)]
+        for c in curves
+    ]
+
+
+def _partial_plot(curves: list[PartialCurve], plots: Plots, sec: Section) -> None:
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    for c in curves:
+        label = f"{c.task}/{c.model}/{c.budget}" + (" frozen" if c.frozen else "")
+        ax.plot([k for k, _ in c.points], [s.mean for _, s in c.points], marker="o", label=label)
+    ax.set_xlabel("pretrained layers loaded (k)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=6)
+    sec.image(plots.save(fig, "partial_k"), "Accuracy vs pretrained layers loaded")
+
+
+def section_modes(data: Data, plots: Plots) -> Section:
+    sec = Section("5. Frozen vs fine-tune, scalar mix vs single layer, partial:k")
+    finetune_frozen = pairs(data, "finetune", "frozen")
+    singles = single_layers(data)
+    curves = partial_curves(data)
+    if not (finetune_frozen or singles or curves):
+        sec.text("Skipped: no frozen/finetune pairs, single-layer or partial:k runs.")
+        return sec
+    if finetune_frozen:
+        sec.table(
+            ["task", "model", "budget", "finetune", "frozen (mix)", "finetune − frozen"],
+            [[p.task, p.model, p.budget, p.a.text(), p.b.text(), p.diff.text()]
+             for p in finetune_frozen],
+        )  # fmt: skip
+    if singles:
+        sec.table(
+            SINGLE_HEADERS,
+            [[s.task, s.model, s.budget, s.mix.text(), s.layer, s.best.text(), s.diff.text()]
+             for s in singles],
+        )  # fmt: skip
+    tuned = [c for c in curves if not c.frozen]
+    frozen = [c for c in curves if c.frozen]
+    if tuned:
+        sec.table(PARTIAL_HEADERS, _curve_rows(tuned))
+    if frozen:
+        sec.text("partial:k:frozen (the k loaded layers frozen, the rest trained):")
+        sec.table(PARTIAL_HEADERS, _curve_rows(frozen))
+    if curves:
+        _partial_plot(curves, plots, sec)
+    return sec
+
+
+# --------------------------------------------------------------------------------- masking
+
+
+def _masking_rows(data: Data) -> list[dict[str, Any]]:
+    if not (data.has_results and data.has("runs", "params")):
+        return []
+    keys = "select run_id, run_id as key from bert_runs"
+    if data.has("model_versions"):
+        keys += (
+            " union select run_id, unnest([name || '/' || version, "
+            "'models:/' || name || '/' || version, name || ':' || version, "
+            "cast(version as varchar)]) from model_versions "
+            "where run_id in (select run_id from bert_runs)"
+        )
+    where = "family = 'bert' and metric = 'accuracy' and mode <> 'probe' and task <> 'polysemy'"
+    return data.rows(
+        BASE
+        + f""",
+bert_runs as (
+    select r.run_id, try_cast(p.value as double) as mrp from runs r
+    join params p on p.run_id = r.run_id and p.key = '{MASK_PARAM}'
+    where r.stage = 'pretrain' and r.family = 'bert'),
+keys as (select distinct run_id, key from ({keys})),
+masked as (
+    select c.*, br.mrp from chosen c join keys k on cast(c.model_version as varchar) = k.key
+    join bert_runs br on br.run_id = k.run_id)
+{cell_stats("masked", ("task", "mode", "b", "mrp"), where)}
+order by task, mode, b, mrp"""
+    )
+
+
+def section_masking(data: Data) -> tuple[Section, list[MaskingCell]]:
+    sec = Section("6. Masking ablation (BERT mask_replace_prob)")
+    rows = _masking_rows(data)
+    if len({r["mrp"] for r in rows}) < 2:
+        sec.text(
+            "Skipped: needs two BERT model versions whose pretraining differs in "
+            f"{MASK_PARAM}, both with transfer results."
+        )
+        return sec, []
+    cells = [MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r)) for r in rows]
+    sec.table(
+        ["task", "mode", "budget", "mask_replace_prob", "accuracy", "n", "vs baseline"],
+        [[c.task, c.mode, c.budget, c.mask_prob, c.stat.text(), c.stat.n,
+          versus_baseline_text(data.against_baseline(c.task, c.budget, c.stat))]
+         for c in cells],
+    )  # fmt: skip
+    return sec, cells
+
+
+# ---------------------------------------------------------------------------- equal budget
+
+
+def section_equal_budget(data: Data, plots: Plots) -> Section:
+    sec = Section("7. Families side by side at equal pretraining budget")
+    pre = pretrain_rows(data)
+    tasks = sorted({k.task for k in data.cells()})
+    if not pre:
+        sec.text("Skipped: no finished pretrain runs with tokens/FLOPs/wall time.")
+        return sec
+    for key, label in (("tokens_seen", "tokens seen"), ("flops", "FLOPs"), ("wall_s", "wall s")):
+        vals = [r[key] for r in pre if r[key]]
+        if vals:
+            sec.text(
+                f"{label}: {min(vals):.3g} to {max(vals):.3g} "
+                f"(max/min ×{max(vals) / min(vals):.2f})."
+            )
+    rows = []
+    points = []
+    for r in pre:
+        best = [(t, best_at_largest(data, t, r["family"])) for t in tasks]
+        cells = [f"{x.stat.mean:.3f} ({x.mode}, {x.budget})" if x else "–" for _, x in best]
+        rows.append([r["family"], r["run_name"], r["tokens_seen"], r["flops"], r["wall_s"], *cells])
+        points += [(t, r["family"], r["flops"], x.stat.mean) for t, x in best if x and r["flops"]]
+    sec.table(
+        ["family", "run", "tokens seen", "FLOPs", "wall s",
+         *[f"{t}: best pretrained mode" for t in tasks]],
+        rows,
+    )  # fmt: skip
+    if points:
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.subplots()
+        for task in sorted({p[0] for p in points}):
+            pts = [p for p in points if p[0] == task]
+            ax.scatter([p[2] for p in pts], [p[3] for p in pts], label=task)
+            for p in pts:
+                ax.annotate(p[1], (p[2], p[3]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("pretraining FLOPs")
+        ax.set_ylabel("test accuracy (largest budget)")
+        ax.legend(fontsize=7)
+        sec.image(plots.save(fig, "equal_budget"), "Transfer accuracy vs pretraining FLOPs")
+    return sec
+
+
+# -------------------------------------------------------------------------------- polysemy
+
+
+def _polysemy_rows(data: Data) -> list[PolysemyRow]:
+    if not data.has_results:
+        return []
+    found = data.rows(
+        BASE + "select model, coalesce(layer, 0) as layer, "
+        "avg(value) filter (where metric = 'same_sense_sim') as same, "
+        "avg(value) filter (where metric = 'diff_sense_sim') as diff, count(*) as n "
+        "from res where task = 'polysemy' and metric in ('same_sense_sim', 'diff_sense_sim') "
+        "group by all order by model, layer"
+    )
+    return [
+        PolysemyRow(r["model"], r["layer"], r["same"], r["diff"])
+        for r in found
+        if r["same"] is not None and r["diff"] is not None
+    ]
+
+
+def section_polysemy(data: Data, plots: Plots) -> tuple[Section, list[PolysemyRow]]:
+    sec = Section("8. Polysemy: same-sense vs different-sense similarity")
+    rows = _polysemy_rows(data)
+    if not rows:
+        sec.text("Skipped: no polysemy rows (task 'polysemy').")
+        return sec, []
+    sec.text(
+        "Cosine similarity of an ambiguous word's representation across two sentences; a "
+        "model that separates senses has same > different."
+    )
+    sec.table(
+        ["model", "layer", "same sense", "different sense", "separation"],
+        [[r.model, r.layer, r.same, r.diff, r.separation] for r in rows],
+    )
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
+    for model in sorted({r.model for r in rows}):
+        pts = [r for r in rows if r.model == model]
+        ax.plot([r.layer for r in pts], [r.separation for r in pts], marker="o", label=model)
+    ax.axhline(0, color="k", linewidth=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("same − different similarity")
+    ax.legend(fontsize=7)
+    sec.image(plots.save(fig, "polysemy"), "Sense separation per family and layer")
+    return sec, rows
+

@@ -1,0 +1,247 @@
+"""Report sections 1-3: pretraining, score vs label budget, convergence.
+
+Each section is a query plus a table and/or a PNG; it skips with a one-line note when its rows
+are absent, and reads every neural number against the task's non-neural baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from pipelines.report.document import Plots, Section, slug
+from pipelines.report.findings import Convergence
+from pipelines.report.scores import (
+    BASE,
+    Data,
+    ScoreKey,
+    Stat,
+    budget_order,
+    versus_baseline_text,
+)
+
+MASK_PARAM = "pretrain.bert.mask_replace_prob"
+PRETRAIN_KEYS = ("valid_loss", "unigram_entropy", "entropy_gap", "tokens_seen", "wall_s", "flops")
+
+
+def pretrain_rows(data: Data) -> list[dict[str, Any]]:
+    """Finished pretrain runs with their key metrics (sections 1 and 7)."""
+    if not data.has("runs", "metrics_latest"):
+        return []
+    pivots = ", ".join(f"max(m.value) filter (where m.key = '{k}') as {k}" for k in PRETRAIN_KEYS)
+    mask = "null"
+    join = ""
+    if data.has("params"):
+        mask = "any_value(try_cast(p.value as double))"
+        join = f"left join params p on p.run_id = r.run_id and p.key = '{MASK_PARAM}'"
+    return data.rows(
+        f"select r.run_id, r.family, r.run_name, r.tags['learned_little'] as learned_little, "
+        f"{pivots}, {mask} as mask_replace_prob from runs r "
+        f"left join metrics_latest m on m.run_id = r.run_id {join} "
+        "where r.stage = 'pretrain' and r.status = 'FINISHED' "
+        "group by r.run_id, r.family, r.run_name, r.tags, r.start_time "
+        "order by r.family, r.start_time"
+    )
+
+
+PRETRAIN_HEADERS = [
+    "family",
+    "run",
+    "valid loss",
+    "unigram entropy",
+    "gap (nats)",
+    "tokens seen",
+    "wall s",
+    "FLOPs",
+    "learned little",
+]
+
+
+def section_pretraining(data: Data, plots: Plots) -> Section:
+    sec = Section("1. Pretraining")
+    rows = pretrain_rows(data)
+    if not rows:
+        sec.text(
+            "Skipped: no finished pretrain runs in the catalog (MLflow not read, or none yet)."
+        )
+        return sec
+    columns = ("family", "run_name", "valid_loss", "unigram_entropy", "entropy_gap",
+               "tokens_seen", "wall_s", "flops")  # fmt: skip
+    sec.table(
+        PRETRAIN_HEADERS,
+        [[*(r[c] for c in columns), r["learned_little"] or "–"] for r in rows],
+    )
+    little = sorted({r["family"] for r in rows if r["learned_little"] == "true"})
+    if little:
+        sec.text(
+            f"**Learned little** (valid loss near unigram entropy): {', '.join(little)} — "
+            "their transfer numbers measure word frequencies, not language."
+        )
+    lm = [r for r in rows if r["valid_loss"] is not None and r["unigram_entropy"] is not None]
+    if lm:
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.subplots()
+        xs = range(len(lm))
+        ax.bar([x - 0.2 for x in xs], [r["valid_loss"] for r in lm], 0.4, label="valid loss")
+        ax.bar(
+            [x + 0.2 for x in xs], [r["unigram_entropy"] for r in lm], 0.4, label="unigram entropy"
+        )
+        ax.set_xticks(list(xs), [r["family"] for r in lm])
+        ax.set_ylabel("nats per token")
+        ax.legend()
+        sec.image(plots.save(fig, "pretraining"), "Valid loss vs unigram entropy per family")
+    return sec
+
+
+# ---------------------------------------------------------------------------- label budget
+
+
+def _budget_plot(data: Data, task: str, plots: Plots) -> Path:
+    cells = [k for k in data.cells() if k.task == task]
+    models = sorted({k.model for k in cells})
+    budgets = data.budgets(task)
+    fig = Figure(figsize=(4 * len(models), 3.5))
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models, strict=True):
+        for mode in sorted({k.mode for k in cells if k.model == model}):
+            pts = [(i, data.score(task, model, mode, b)) for i, b in enumerate(budgets)]
+            found = [(i, s) for i, s in pts if s is not None]
+            ax.errorbar(
+                [i for i, _ in found],
+                [s.mean for _, s in found],
+                yerr=[0 if math.isnan(s.ci) else s.ci for _, s in found],
+                marker="o",
+                capsize=3,
+                label=mode,
+            )
+        base = [data.baseline(task, b) for b in budgets]
+        if any(base):
+            ax.plot(
+                range(len(budgets)),
+                [b.stat.mean if b else math.nan for b in base],
+                "k--",
+                label="baseline",
+            )
+        ax.set_xticks(range(len(budgets)), budgets)
+        ax.set_ylim(0, 1)  # accuracy; wide intervals (few seeds) are clipped, the table has them
+        ax.set_title(model)
+        ax.set_xlabel("labelled examples")
+        axes[0].set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+    return plots.save(fig, f"budget_{slug(task)}")
+
+
+def _score_row(data: Data, key: ScoreKey, versus: str) -> list[Any]:
+    acc = data.scores[key]
+    f1 = data.scores.get(key.but(metric="macro_f1"))
+    return [key.task, key.model, key.mode, key.budget, acc.text(), acc.n,
+            f1.text() if f1 else "–", versus]  # fmt: skip
+
+
+def section_budget(data: Data, plots: Plots) -> Section:
+    sec = Section("2. Score vs label budget")
+    cells = data.cells()
+    if not cells:
+        sec.text("Skipped: no test result rows in the catalog.")
+        return sec
+    sec.text(
+        "Test split at the best dev epoch, the learning rate chosen on dev; mean ±95% CI "
+        "over seeds (n = seeds)."
+    )
+    rows = [
+        _score_row(data, k, versus_baseline_text(
+            data.against_baseline(k.task, k.budget, data.scores[k])))
+        for k in cells
+    ]  # fmt: skip
+    rows += [_score_row(data, k, "–") for k in data.baseline_keys()]
+    sec.table(["task", "model", "mode", "budget", "accuracy", "n", "macro-F1", "vs baseline"], rows)
+    for task in sorted({k.task for k in cells}):
+        sec.image(_budget_plot(data, task, plots), f"{task}: accuracy vs label budget")
+    return sec
+
+
+# ----------------------------------------------------------------------------- convergence
+
+CURVES = """,
+steps as (select run_id, epoch, value as step from chosen where split = 'dev' and metric = 'step'),
+curves as (
+    select c.run_id, c.task, c.model, c.mode, c.b, c.seed, c.lr, c.epoch,
+        coalesce(s.step, c.epoch) as x, c.value
+    from chosen c left join steps s using (run_id, epoch)
+    where c.split = 'dev' and c.metric = 'accuracy' and c.layer is null
+      and c.mode in ('finetune', 'scratch') and c.family <> 'baseline')"""
+REACH = """,
+final as (
+    select run_id, task, model, mode, b, seed, lr, arg_max(value, epoch) as final
+    from curves group by all),
+reach as (
+    select f.task, f.model, f.mode, f.b,
+        min(c.x) filter (where c.value >= 0.95 * f.final) as x
+    from final f join curves c using (run_id, task, model, mode, b, seed, lr) group by all)
+select task, model, mode, b, count(*) as n, avg(x) as mean, stddev_samp(x) as sd
+from reach group by all"""
+MEAN_CURVES = """
+select task, model, mode, b, epoch, avg(x) as x, avg(value) as value from curves group by all
+order by task, model, mode, b, epoch"""
+
+
+def convergence(data: Data) -> tuple[Convergence, list[dict[str, Any]]]:
+    """Dev accuracy against optimizer steps (epochs when a run logged no `step` rows)."""
+    if not data.has_results:
+        return Convergence({}, "epochs"), []
+    steps = data.rows("select count(*) as n from results where split = 'dev' and metric = 'step'")
+    unit = "steps" if steps[0]["n"] else "epochs"
+    reached = {
+        ScoreKey(r["task"], r["model"], r["mode"], r["b"]): Stat.of_row(r)
+        for r in data.rows(BASE + CURVES + REACH)
+    }
+    return Convergence(reached, unit), data.rows(BASE + CURVES + MEAN_CURVES)
+
+
+def _convergence_plot(curves: list[dict[str, Any]], task: str, unit: str, plots: Plots,
+                      sec: Section) -> None:  # fmt: skip
+    rows = [c for c in curves if c["task"] == task]
+    small = min({c["b"] for c in rows}, key=budget_order)
+    rows = [c for c in rows if c["b"] == small]
+    models = sorted({c["model"] for c in rows})
+    fig = Figure(figsize=(4 * len(models), 3.2))
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, model in zip(axes, models, strict=True):
+        for mode in ("finetune", "scratch"):
+            pts = [c for c in rows if c["model"] == model and c["mode"] == mode]
+            if pts:
+                ax.plot([c["x"] for c in pts], [c["value"] for c in pts], marker="o", label=mode)
+        ax.set_title(f"{model} ({small} labels)")
+        ax.set_xlabel(unit[:-1])
+        axes[0].set_ylabel("dev accuracy")
+        ax.legend(fontsize=7)
+    sec.image(
+        plots.save(fig, f"convergence_{slug(task)}"),
+        f"{task}: dev accuracy per {unit[:-1]} at {small} labels",
+    )
+
+
+def section_convergence(data: Data, plots: Plots) -> tuple[Section, Convergence]:
+    sec = Section("3. Convergence: pretrained (finetune) vs scratch")
+    found, curves = convergence(data)
+    if not found.reached:
+        sec.text("Skipped: no per-epoch dev rows for finetune or scratch.")
+        return sec, found
+    unit = found.unit
+    sec.text(
+        f"Optimizer {unit} until the dev accuracy first reaches 95% of its final value "
+        "(mean over seeds; the rate each mode chose on dev)."
+    )
+    sec.table(
+        ["task", "model", "mode", "budget", f"{unit} to 95%", "n"],
+        [
+            [k.task, k.model, k.mode, k.budget, s.text(), s.n]
+            for k, s in sorted(found.reached.items(), key=lambda ks: ks[0].sort_key())
+        ],
+    )
+    for task in sorted({c["task"] for c in curves}):
+        _convergence_plot(curves, task, unit, plots, sec)
+    return sec, found

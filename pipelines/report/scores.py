@@ -22,8 +22,7 @@ import duckdb
 import pyarrow as pa
 from scipy import stats
 
-from pretrainlab.config import Mode, ModeError, parse_mode
-from pretrainlab.config import PretrainlabError
+from pretrainlab.config import Mode, ModeError, PretrainlabError, parse_mode
 from storage.layout import Layout
 from storage.scores import cell_stats, chosen_rows
 

@@ -5,7 +5,9 @@
   tokenizers/<tokenizer_id>/tokenizer.json       tokenizer_id = hash of tokenizer.json
   tokenizers/index/<training_key>.json           training inputs -> tokenizer_id
   tokens/<tokenizer_id>/<encoding_id>/part-*.parquet  encoding_id = hash(corpus, settings, code)
-  models/<family>/<model_key>/                   pretrained weights + checkpoints
+  models/<family>/<model_key>/                   model/ (weights + tokenizer), work/ (checkpoints,
+                                                 run.json), _manifest.json
+  features/<family>/<task>-<family>-<key>/       frozen-feature caches of a model on a task
   results/<task>/<key>.parquet                   transfer result rows (Parquet)
   reports/<experiment>/                          report.md, report.html, PNGs
   stamps/<stage>-<experiment>.json               last completed stage result + its input key
@@ -17,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+MODEL_WEIGHTS = "model"  # models/<family>/<key>/model: what is logged to MLflow and loaded
+MODEL_WORK = "work"  # models/<family>/<key>/work: checkpoints and the MLflow run id (a resume)
 
 
 @dataclass(frozen=True)
@@ -71,3 +76,49 @@ class Layout:
     @property
     def default_tracking_uri(self) -> str:
         return f"sqlite:///{self.mlflow_db}"
+
+    # -- the areas housekeeping walks, and the parts of a model directory ------------------
+
+    @property
+    def tokenizers(self) -> Path:
+        return self.store / "tokenizers"
+
+    @property
+    def tokenizer_indexes(self) -> Path:
+        return self.tokenizers / "index"
+
+    def tokenizer_file(self, tokenizer_id: str) -> Path:
+        return self.tokenizer(tokenizer_id) / "tokenizer.json"
+
+    @property
+    def token_shards(self) -> Path:
+        return self.store / "tokens"
+
+    @property
+    def models(self) -> Path:
+        return self.store / "models"
+
+    @staticmethod
+    def weights_of(model_dir: Path) -> Path:
+        """The model itself (weights + tokenizer/) inside its keyed directory."""
+        return model_dir / MODEL_WEIGHTS
+
+    @staticmethod
+    def work_of(model_dir: Path) -> Path:
+        """Checkpoints and the run record of a model being trained; kept for a resume."""
+        return model_dir / MODEL_WORK
+
+    @staticmethod
+    def run_record_of(model_dir: Path) -> Path:
+        """`work/run.json`: the MLflow run a resumed training continues."""
+        return model_dir / MODEL_WORK / "run.json"
+
+    @property
+    def features(self) -> Path:
+        return self.store / "features"
+
+    def features_of(self, family: str) -> Path:
+        return self.features / family
+
+    def result(self, task: str, key: str) -> Path:
+        return self.results / task / f"{key}.parquet"

@@ -45,7 +45,8 @@ import zstandard
 from pretrainlab.config import PretrainlabError
 from storage.atomic import atomic_path, write_parquet
 from storage.hashing import sha256_file
-from storage.remote import ObjectStore, RemoteError, RemoteFile, is_url, resolve_url
+from storage.remote import ObjectStore, RemoteError, is_url
+from storage.remote_sources import RemoteFile, resolve_url
 
 CORPUS_SCHEMA = pa.schema(
     [

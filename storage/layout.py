@@ -12,6 +12,7 @@
   reports/<experiment>/                          report.md, report.html, PNGs
   stamps/<stage>-<experiment>.json               last completed stage result + its input key
   catalog.duckdb                                 rebuildable DuckDB cache
+  remote.json                                    where the store is mirrored (no credentials)
   mlflow.db, mlartifacts/                        embedded MLflow tracking
 """
 
@@ -122,3 +123,8 @@ class Layout:
 
     def result(self, task: str, key: str) -> Path:
         return self.results / task / f"{key}.parquet"
+
+    @property
+    def mirror_record(self) -> Path:
+        """`remote.json`: the mirror the last run used, for readers without a spec."""
+        return self.store / "remote.json"

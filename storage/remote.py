@@ -42,8 +42,8 @@ import pyarrow.fs as pafs
 
 from pretrainlab.config import PretrainlabError, StorageSpec
 from storage.atomic import MANIFEST, atomic_dir, atomic_path, read_manifest, write_json
+from storage.layout import Layout
 
-MIRROR_FILE = "remote.json"  # <store>/remote.json: where the store is mirrored (no credentials)
 DEFAULT_REGION = "us-east-1"  # what S3-compatible servers (MinIO, moto, Ceph) accept by default
 log = logging.getLogger(__name__)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -229,8 +229,8 @@ class Mirror:
             "region": self.settings.region,
             "timeout_s": self.settings.timeout_s,
         }
-        if _read_json(self.store / MIRROR_FILE) != record:
-            write_json(self.store / MIRROR_FILE, record)
+        if _read_json(Layout(self.store).mirror_record) != record:
+            write_json(Layout(self.store).mirror_record, record)
 
     def _type(self, path: str) -> pafs.FileType:
         return file_info(self.fs, path, self.url, self.settings).type
@@ -427,7 +427,7 @@ def open_mirror(store: str | Path, settings: StorageSpec) -> Mirror | None:
 
 def store_mirror(store: str | Path) -> Mirror | None:
     """The mirror recorded in <store>/remote.json by the last run (for the catalog)."""
-    record = _read_json(Path(store).expanduser() / MIRROR_FILE)
+    record = _read_json(Layout.at(store).mirror_record)
     if not isinstance(record, dict) or not record.get("url"):
         return None
     timeout = float(record.get("timeout_s") or 10)

@@ -147,7 +147,7 @@ def test_mirror_pushes_then_a_fresh_store_pulls(tmp_path, store, bucket) -> None
     url = f"s3://{bucket}/lab"
     first = remote.Mirror(tmp_path / "a", url, store)
     first.check()
-    assert json.loads((tmp_path / "a" / remote.MIRROR_FILE).read_text())["url"] == url
+    assert json.loads(Layout.at(tmp_path / "a").mirror_record.read_text())["url"] == url
     output = Layout.at(tmp_path / "a").corpus("c0ffee")
     _complete_output(output)
     assert first.sync(output) == "pushed"

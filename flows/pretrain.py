@@ -21,9 +21,9 @@ def pretrain(spec: Spec, corpus_id: str, tokens: dict[str, dict[str, str]]) -> d
         models[family] = pretrain_family(
             spec, family, corpus_id, shards["tokenizer_id"], shards["tokens"]
         )
-        publish_pretrain_artifacts(spec, models[family])
+        publish_pretrain_artifacts(spec, models[family].as_dict())
     return {
-        "families": models,
-        "cache_hit": all(m["cache_hit"] for m in models.values()),
-        "output": ", ".join(f"{m['registered_name']} v{m['version']}" for m in models.values()),
+        "families": {family: model.as_dict() for family, model in models.items()},
+        "cache_hit": all(m.cache_hit for m in models.values()),
+        "output": ", ".join(f"{m.registered_name} v{m.version}" for m in models.values()),
     }

@@ -10,11 +10,12 @@ from typing import Any
 
 from prefect import flow
 
+from pipelines.training.adaptation import choose_parent
 from pretrainlab.config import Mode, Spec
-from tasks.pretrain import adapt_model, architecture
+from storage.registry import ModelRef
+from tasks.pretrain import adapt_model
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
-    adaptation_parent,
     load_task,
     register_checkpoint,
     run_baseline,
@@ -24,19 +25,22 @@ from tasks.transfer import (
 )
 
 
-def _applies(name: str, model: dict[str, Any], mode: Mode) -> bool:
+def _applies(name: str, model: ModelRef, mode: Mode) -> bool:
     """word2vec has one static layer: nothing to load partially or pick. An adapted model's
     scratch run would repeat its parent's exactly (same config, same seed): skipped."""
-    if architecture(model) == "word2vec" and mode.layered:
+    if model.architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")
 
 
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Measure what each pretrained model is worth on each task, in every regime."""
+    """Measure what each pretrained model is worth on each task, in every regime.
+
+    `models`: the pretrain flow's families (JSON, as a stage stamp also records them)."""
     sweep = spec.transfer
-    compared = {f: models[f] for f in (sweep.families or list(models)) if f in models}
+    pretrained = {name: ModelRef.from_dict(model) for name, model in models.items()}
+    compared = {f: pretrained[f] for f in (sweep.families or list(pretrained)) if f in pretrained}
     imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
     compared |= imported
     runs: list[dict[str, Any]] = []
@@ -46,7 +50,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         task_models = dict(compared)
         if sweep.adapt and (sweep.adapt.tasks is None or data.name in sweep.adapt.tasks):
             for name in sweep.adapt.families:
-                parent = adaptation_parent(models | imported, name)
+                parent = choose_parent(pretrained | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
         for name, model in task_models.items():
             for mode in [m for m in sweep.modes if _applies(name, model, m)]:
@@ -55,7 +59,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:
             runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
-                     if architecture(model) != "word2vec"]
+                     if model.architecture != "word2vec"]
     publish_transfer_summary(spec, [r["run_id"] for r in runs])
     computed = sum(not r["cache_hit"] for r in runs)
     return {

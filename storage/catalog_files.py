@@ -97,7 +97,7 @@ def _token_output_sql(output: Path) -> str:
 
 def token_views(layout: Layout) -> list[View]:
     by_family: dict[str, list[tuple[str, int]]] = {}
-    for tokenizer_dir in _visible_dirs(layout.token_outputs):
+    for tokenizer_dir in _visible_dirs(layout.token_shards):
         family = tokenizer_family(layout, tokenizer_dir.name)
         for output in _complete_dirs(tokenizer_dir):
             sql = _token_output_sql(output)
@@ -142,7 +142,7 @@ def output_rows(layout: Layout) -> pa.Table:
     rows: list[dict[str, Any]] = []
     for directory in _complete_dirs(layout.corpora):
         rows.append(_output_row("corpus", directory.name, directory))
-    for tokenizer_dir in _visible_dirs(layout.token_outputs):
+    for tokenizer_dir in _visible_dirs(layout.token_shards):
         for directory in _complete_dirs(tokenizer_dir):
             rows.append(_output_row("tokens", f"{tokenizer_dir.name}/{directory.name}", directory))
     schema = pa.schema(

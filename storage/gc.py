@@ -127,7 +127,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _run_of_model(directory: Path) -> str | None:
     """The pretrain run of a model directory: its manifest, else the resumable work/run.json."""
-    run_id = (read_manifest(directory) or _read_json(directory / "work" / "run.json")).get("run_id")
+    recorded = read_manifest(directory) or _read_json(Layout.run_record_of(directory))
+    run_id = recorded.get("run_id")
     return str(run_id) if run_id else None
 
 
@@ -143,8 +144,8 @@ def scan(layout: Layout, run_tags: dict[str, dict[str, str]]) -> Disk:
     outputs: list[Output] = []
     for directory in _dirs(layout.corpora):
         outputs.append(_output("corpus", _node("corpus", directory.name), directory))
-    for directory in _dirs(layout.store / "tokenizers"):
-        if directory.name == "index":
+    for directory in _dirs(layout.tokenizers):
+        if directory == layout.tokenizer_indexes:
             continue
         corpus = (read_manifest(directory) or {}).get("corpus_id")
         outputs.append(
@@ -155,7 +156,7 @@ def scan(layout: Layout, run_tags: dict[str, dict[str, str]]) -> Disk:
                 [_node("corpus", corpus)],
             )
         )
-    index = layout.store / "tokenizers" / "index"
+    index = layout.tokenizer_indexes
     for entry in sorted(index.glob("*.json")) if index.is_dir() else []:
         tokenizer = _read_json(entry).get("tokenizer_id")
         outputs.append(
@@ -167,7 +168,7 @@ def scan(layout: Layout, run_tags: dict[str, dict[str, str]]) -> Disk:
             )
         )
     shards: dict[tuple[str, str], list[str]] = {}
-    for tokenizer_dir in _dirs(layout.store / "tokens"):
+    for tokenizer_dir in _dirs(layout.token_shards):
         for directory in _dirs(tokenizer_dir):
             corpus = (read_manifest(directory) or {}).get("corpus_id")
             node = _node("tokens", f"{tokenizer_dir.name}/{directory.name}")
@@ -175,7 +176,7 @@ def scan(layout: Layout, run_tags: dict[str, dict[str, str]]) -> Disk:
             needs = [_node("tokenizer", tokenizer_dir.name), _node("corpus", corpus)]
             outputs.append(_output("tokens", node, directory, needs))
     model_runs, manifests = {}, {}
-    for family_dir in _dirs(layout.store / "models"):
+    for family_dir in _dirs(layout.models):
         for directory in _dirs(family_dir):
             node = _node("model", f"{family_dir.name}/{directory.name}")
             run_id = _run_of_model(directory)
@@ -192,12 +193,11 @@ def scan(layout: Layout, run_tags: dict[str, dict[str, str]]) -> Disk:
                 model_runs[node] = run_id
             if manifest is not None:
                 manifests[node] = manifest
-                if (directory / "work").is_dir():
-                    work = directory / "work"
+                if (work := Layout.work_of(directory)).is_dir():
                     checkpoint = _output("checkpoint", _node("checkpoint", node), work, [node])
                     model.bytes -= checkpoint.bytes  # counted once: as the checkpoint
                     outputs.append(checkpoint)
-    for family_dir in _dirs(layout.store / "features"):
+    for family_dir in _dirs(layout.features):
         for directory in _dirs(family_dir):
             model_dir = (read_manifest(directory) or {}).get("model_dir")
             owner = _model_node(model_dir)
@@ -223,11 +223,15 @@ def _model_node(model_dir: str | None) -> str:
     return _node("model", "/".join(parts[at + 1 : at + 3])) if len(parts) >= at + 3 else ""
 
 
+def _areas(layout: Layout) -> list[Path]:
+    """The directories collected from (their names are AREAS)."""
+    return [layout.corpora, layout.tokenizers, layout.token_shards, layout.models, layout.features]
+
+
 def _temp_parents(layout: Layout) -> list[Path]:
-    store = layout.store
-    parents = [store, *(store / area for area in AREAS), store / "tokenizers" / "index"]
-    parents += _dirs(store / "tokens") + _dirs(store / "features") + _dirs(layout.results)
-    for family_dir in _dirs(store / "models"):
+    parents = [layout.store, *_areas(layout), layout.tokenizer_indexes]
+    parents += _dirs(layout.token_shards) + _dirs(layout.features) + _dirs(layout.results)
+    for family_dir in _dirs(layout.models):
         parents += [family_dir, *_dirs(family_dir)]
     return parents
 

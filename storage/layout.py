@@ -5,11 +5,14 @@
   tokenizers/<tokenizer_id>/tokenizer.json       tokenizer_id = hash of tokenizer.json
   tokenizers/index/<training_key>.json           training inputs -> tokenizer_id
   tokens/<tokenizer_id>/<encoding_id>/part-*.parquet  encoding_id = hash(corpus, settings, code)
-  models/<family>/<model_key>/                   pretrained weights + checkpoints
+  models/<family>/<model_key>/                   model/ (weights + tokenizer), work/ (checkpoints,
+                                                 run.json), _manifest.json
+  features/<family>/<task>-<family>-<key>/       frozen-feature caches of a model on a task
   results/<task>/<key>.parquet                   transfer result rows (Parquet)
   reports/<experiment>/                          report.md, report.html, PNGs
   stamps/<stage>-<experiment>.json               last completed stage result + its input key
   catalog.duckdb                                 rebuildable DuckDB cache
+  remote.json                                    where the store is mirrored (no credentials)
   mlflow.db, mlartifacts/                        embedded MLflow tracking
 """
 
@@ -19,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pretrainlab.config import MLFLOW_DB, store_tracking_uri
+
+MODEL_WEIGHTS = "model"  # models/<family>/<key>/model: what is logged to MLflow and loaded
+MODEL_WORK = "work"  # models/<family>/<key>/work: checkpoints and the MLflow run id (a resume)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ class Layout:
         """The spec's default (pretrainlab.config), for this store."""
         return store_tracking_uri(self.store)
 
-    # ------------------------------------------------------------- read by the catalog
+    # -- the areas housekeeping walks, and the parts of a model directory ------------------
 
     @property
     def tokenizers(self) -> Path:
@@ -83,11 +89,6 @@ class Layout:
 
     def tokenizer_meta(self, tokenizer_id: str) -> Path:
         return self.tokenizer(tokenizer_id) / "tokenizer_meta.json"
-
-    @property
-    def token_outputs(self) -> Path:
-        """tokens/: one directory per tokenizer, one output per encoding inside it."""
-        return self.store / "tokens"
 
     def rejects(self, corpus_id: str) -> Path:
         return self.corpus(corpus_id) / "rejects.parquet"
@@ -105,3 +106,49 @@ class Layout:
     def duckdb_wal(database: Path) -> Path:
         """DuckDB's write-ahead log beside a database file."""
         return database.with_name(f"{database.name}.wal")
+
+    @property
+    def tokenizer_indexes(self) -> Path:
+        return self.tokenizers / "index"
+
+    def tokenizer_file(self, tokenizer_id: str) -> Path:
+        return self.tokenizer(tokenizer_id) / "tokenizer.json"
+
+    @property
+    def token_shards(self) -> Path:
+        """tokens/: one directory per tokenizer, one output per encoding inside it."""
+        return self.store / "tokens"
+
+    @property
+    def models(self) -> Path:
+        return self.store / "models"
+
+    @staticmethod
+    def weights_of(model_dir: Path) -> Path:
+        """The model itself (weights + tokenizer/) inside its keyed directory."""
+        return model_dir / MODEL_WEIGHTS
+
+    @staticmethod
+    def work_of(model_dir: Path) -> Path:
+        """Checkpoints and the run record of a model being trained; kept for a resume."""
+        return model_dir / MODEL_WORK
+
+    @staticmethod
+    def run_record_of(model_dir: Path) -> Path:
+        """`work/run.json`: the MLflow run a resumed training continues."""
+        return model_dir / MODEL_WORK / "run.json"
+
+    @property
+    def features(self) -> Path:
+        return self.store / "features"
+
+    def features_of(self, family: str) -> Path:
+        return self.features / family
+
+    def result(self, task: str, key: str) -> Path:
+        return self.results / task / f"{key}.parquet"
+
+    @property
+    def mirror_record(self) -> Path:
+        """`remote.json`: the mirror the last run used, for readers without a spec."""
+        return self.store / "remote.json"

@@ -7,8 +7,10 @@ so loading a registered model never unpickles code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -37,6 +39,61 @@ class RegisteredModel:
 def registered_name(experiment: str, family: str) -> str:
     """`<experiment>-<family>`: ablations and corpora never share an alias."""
     return f"{experiment}-{family}"
+
+
+def adapted_alias(task_name: str) -> str:
+    """`adapted-<task>`: a registry alias per task (MLflow aliases allow [A-Za-z0-9_-])."""
+    return "adapted-" + re.sub(r"[^A-Za-z0-9_-]", "-", task_name)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model transfer can use: the registered version it is, and where its files are here.
+
+    Pretrained families, imported checkpoints and adapted models are all one of these; a flow
+    result or a stage stamp carries it as `as_dict()` (JSON), read back with `from_dict`."""
+
+    family: str  # the name it runs under: gpt, gpt+adapt, a checkpoint's name
+    architecture: str  # the code paths it runs through: word2vec | elmo | gpt | bert
+    registered_name: str
+    version: str
+    run_id: str
+    model_key: str  # the content key of its store directory
+    path: Path  # weights + tokenizer/ (models/<family>/<model_key>/model)
+    tokenizer_id: str | None = None  # None for an imported checkpoint's own tokenizer
+    summary: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    cache_hit: bool = field(default=False, compare=False)
+
+    def with_hit(self, cache_hit: bool) -> ModelRef:
+        return replace(self, cache_hit=cache_hit)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form: a model directory's manifest, flow results, stage stamps."""
+        found = asdict(self)
+        found["summary"] = dict(self.summary)
+        path = found.pop("path")
+        return {**found, "model_dir": str(path), "output": str(path)}
+
+    def manifest(self) -> dict[str, Any]:
+        """What its store directory's `_manifest.json` records (whether it was reused is not)."""
+        return {k: v for k, v in self.as_dict().items() if k != "cache_hit"}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> ModelRef:
+        """From `as_dict()` or a manifest (older ones carry no architecture/tokenizer_id);
+        `path` overrides the recorded one (a manifest written by another machine)."""
+        return cls(
+            family=data["family"],
+            architecture=data.get("architecture") or data["family"],
+            registered_name=data["registered_name"],
+            version=str(data["version"]),
+            run_id=data["run_id"],
+            model_key=data["model_key"],
+            path=Path(path if path is not None else data["model_dir"]),
+            tokenizer_id=data.get("tokenizer_id"),
+            summary=dict(data.get("summary") or {}),
+            cache_hit=bool(data.get("cache_hit", False)),
+        )
 
 
 def register(

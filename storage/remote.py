@@ -1,4 +1,4 @@
-"""Storage anywhere: sources at URLs and a remote mirror of the store, through pyarrow.fs.
+"""The store's remote mirror, and reaching object storage at all, through pyarrow.fs.
 
 Every stage keeps writing to the local store: content-addressed directories renamed into place
 atomically, which object stores cannot do. The spec's `storage.remote` (s3://bucket/prefix,
@@ -10,13 +10,9 @@ gs://..., file:///shared/lab) names a mirror of that store:
   * before a stage looks for its output, a complete remote output missing locally is pulled
     into an atomic local directory, so a second machine reuses the first one's work.
 
-`sync(spec, path)` does whichever applies. Single files (result rows, the tokenizer index)
-appear whole on every object store, so they need no manifest.
-
-Sources may be URLs too (`s3://bucket/raw/*.jsonl.gz`): `resolve_url` lists them and each
-`RemoteFile` streams its object (one GET, read in ~1 MiB blocks). A remote file's identity is
-(URL, size, modification time) rather than a content hash: objects are immutable (an
-overwrite is a new modification time), and hashing would read the corpus twice.
+`Mirror.sync(path)` does whichever applies. Single files (result rows, the tokenizer index)
+appear whole on every object store, so they need no manifest. Sources at URLs are read by
+`storage/remote_sources.py` through the same `ObjectStore`.
 
 S3 settings (endpoint, region, timeout) come from the spec or the standard variables
 ($AWS_ENDPOINT_URL, $AWS_REGION); credentials only from the standard AWS chain
@@ -28,7 +24,6 @@ before any heavy work.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -38,22 +33,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from pretrainlab.config import PretrainlabError
+from pretrainlab.config import PretrainlabError, StorageSpec
 from storage.atomic import MANIFEST, atomic_dir, atomic_path, read_manifest, write_json
+from storage.layout import Layout
 
-MIRROR_FILE = "remote.json"  # <store>/remote.json: where the store is mirrored (no credentials)
-STREAM_BLOCK = 1 << 20
 DEFAULT_REGION = "us-east-1"  # what S3-compatible servers (MinIO, moto, Ceph) accept by default
 log = logging.getLogger(__name__)
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_GLOB = re.compile(r"[*?\[]")
 
 
 class RemoteError(PretrainlabError, OSError):
@@ -86,8 +79,8 @@ class ObjectStore:
     timeout_s: float = 10.0
 
     @classmethod
-    def from_spec(cls, spec: Any) -> ObjectStore:
-        settings = spec.storage
+    def from_settings(cls, settings: StorageSpec) -> ObjectStore:
+        """The spec's `storage` section (its `remote` URL is the mirror's business)."""
         return cls(settings.endpoint, settings.region, settings.timeout_s)
 
     @property
@@ -164,7 +157,9 @@ def explain(error: BaseException, url: str, store: ObjectStore) -> RemoteError:
     return RemoteError(f"{url}: object storage error at {where}: {text}")
 
 
-def _info(filesystem: pafs.FileSystem, path: str, url: str, store: ObjectStore) -> pafs.FileInfo:
+def file_info(
+    filesystem: pafs.FileSystem, path: str, url: str, store: ObjectStore
+) -> pafs.FileInfo:
     try:
         return filesystem.get_file_info(path)
     except OSError as error:
@@ -177,147 +172,19 @@ def check_bucket(filesystem: pafs.FileSystem, path: str, url: str, store: Object
     if isinstance(filesystem, pafs.LocalFileSystem):
         return
     bucket = path.split("/", 1)[0]
-    if _info(filesystem, bucket, url, store).type == pafs.FileType.NotFound:
+    if file_info(filesystem, bucket, url, store).type == pafs.FileType.NotFound:
         raise RemoteError(
             f"{url}: the bucket {bucket!r} does not exist at {store.where(url)}. Create it, or "
             "fix the bucket name."
         )
 
 
-# --- remote sources ---------------------------------------------------------------------------
-
-
-class _CountingReader(io.RawIOBase):
-    """A pyarrow input stream as a Python raw stream whose tell() counts the bytes read
-    (sequential streams cannot tell); ingest reports progress with it."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream, self._count = stream, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:  # type: ignore[override]
-        data = self._stream.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self._count += n
-        return n
-
-    def tell(self) -> int:
-        return self._count
-
-    def close(self) -> None:
-        if not self.closed:
-            self._stream.close()
-        super().close()
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One object of a source URL; `name` and `str()` let ingest treat it like a path."""
-
-    url: str
-    path: str  # inside `filesystem`
-    size: int
-    mtime_ns: int | None
-    filesystem: pafs.FileSystem = field(repr=False, compare=False)
-    store: ObjectStore = field(default_factory=ObjectStore, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return posixpath.basename(self.path)
-
-    def __str__(self) -> str:
-        return self.url
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"path": self.url, "bytes": self.size, "mtime_ns": self.mtime_ns}
-
-    def open_stream(self) -> BinaryIO:
-        """A buffered sequential stream: one GET, read in blocks; tell() = bytes read."""
-        try:
-            stream = self.filesystem.open_input_stream(self.path, compression=None)
-        except OSError as error:
-            raise explain(error, self.url, self.store) from None
-        return io.BufferedReader(_CountingReader(stream), STREAM_BLOCK)
-
-    def open_random(self) -> Any:
-        """A seekable file (ranged GETs): Parquet reads its footer first."""
-        try:
-            return self.filesystem.open_input_file(self.path)
-        except OSError as error:
-            raise explain(error, self.url, self.store) from None
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """A glob over '/'-separated keys: `*` and `?` stay inside one level, `**/` spans levels."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and (end := pattern.find("]", i + 1)) > i:
-            out.append("[" + pattern[i + 1 : end].replace("!", "^", 1) + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _visible_key(key: str, base: str) -> bool:
-    return not any(part.startswith(".") for part in key[len(base) :].strip("/").split("/"))
-
-
-def _remote_file(info: pafs.FileInfo, url: str, fs: pafs.FileSystem, store: ObjectStore):
-    scheme = urlsplit(url).scheme
-    return RemoteFile(f"{scheme}://{info.path}", info.path, info.size, info.mtime_ns, fs, store)
-
-
-def _listing(fs: pafs.FileSystem, base: str, url: str, store: ObjectStore) -> list[pafs.FileInfo]:
-    try:
-        found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-    except OSError as error:
-        raise explain(error, url, store) from None
-    return [i for i in found if i.type == pafs.FileType.File and _visible_key(i.path, base)]
-
-
-def resolve_url(url: str, store: ObjectStore) -> list[RemoteFile]:
-    """An object, every object under a prefix, or a glob (`s3://b/raw/**/*.jsonl.gz`), sorted.
-
-    Checks the bucket first, so a down endpoint, refused credentials or a missing bucket fail
-    here with their own message, before anything is read."""
-    filesystem, path = store.filesystem(url)
-    check_bucket(filesystem, path, url, store)
-    if _GLOB.search(path):
-        static = _GLOB.split(path, 1)[0]
-        base = static.rsplit("/", 1)[0] if "/" in static else static
-        pattern = _glob_regex(path)
-        infos = [i for i in _listing(filesystem, base, url, store) if pattern.match(i.path)]
-        what = "the glob matches no objects; check the pattern"
-    else:
-        info = _info(filesystem, path, url, store)
-        if info.type == pafs.FileType.File:
-            return [_remote_file(info, url, filesystem, store)]
-        infos = _listing(filesystem, path, url, store)
-        what = "no such object, or no (non-hidden) objects under this prefix; check the URL"
-    if not infos:
-        raise RemoteError(f"{url}: {what} (at {store.where(url)})")
-    infos.sort(key=lambda i: i.path)
-    return [_remote_file(info, url, filesystem, store) for info in infos]
-
-
 # --- the store's mirror ----------------------------------------------------------------------
+
+
+def visible_key(key: str, base: str) -> bool:
+    """No part of the key below `base` is hidden (temporaries, interrupted uploads)."""
+    return not any(part.startswith(".") for part in key[len(base) :].strip("/").split("/"))
 
 
 def _copy(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
@@ -362,11 +229,11 @@ class Mirror:
             "region": self.settings.region,
             "timeout_s": self.settings.timeout_s,
         }
-        if _read_json(self.store / MIRROR_FILE) != record:
-            write_json(self.store / MIRROR_FILE, record)
+        if _read_json(Layout(self.store).mirror_record) != record:
+            write_json(Layout(self.store).mirror_record, record)
 
     def _type(self, path: str) -> pafs.FileType:
-        return _info(self.fs, path, self.url, self.settings).type
+        return file_info(self.fs, path, self.url, self.settings).type
 
     def remote_complete(self, local: str | Path) -> bool:
         return self._type(posixpath.join(self.remote_path(local), MANIFEST)) == pafs.FileType.File
@@ -380,7 +247,7 @@ class Mirror:
         files = sorted(
             posixpath.relpath(i.path, base)
             for i in infos
-            if i.type == pafs.FileType.File and _visible_key(i.path, base)
+            if i.type == pafs.FileType.File and visible_key(i.path, base)
         )
         return sorted(files, key=lambda name: name == MANIFEST)
 
@@ -453,6 +320,29 @@ class Mirror:
             return "pulled"
         return "absent"
 
+    def sync_pointer(
+        self, index: Path, target_of: Callable[[str], Path], key: str = "tokenizer_id"
+    ) -> str:
+        """Mirror an index file that names an output (index -> tokenizer_id -> its directory).
+
+        A missing local index is pulled, then the output it names. A local index is pushed
+        after its output, and only while that output is complete here (never a dangling
+        pointer); it is rewritten even when the mirror has one, since it may name a newer one."""
+        if not index.is_file() and self.sync(index) == "pulled":
+            named = _read_json(index)
+            if isinstance(named, dict) and isinstance(named.get(key), str):
+                self.sync(target_of(named[key]))
+            return "pulled"
+        named = _read_json(index)
+        if not isinstance(named, dict) or not isinstance(named.get(key), str):
+            return "absent"
+        target = target_of(named[key])
+        if read_manifest(target) is None:
+            return "absent"
+        self.sync(target)
+        self.push_file(index)
+        return "pushed"
+
     def complete_outputs(self, kind: str, depth: int = 1) -> list[str]:
         """Remote paths of the complete outputs under <root>/<kind> (`depth` levels down)."""
         base = posixpath.join(self.root, kind)
@@ -467,7 +357,7 @@ class Mirror:
             for i in infos
             if posixpath.basename(i.path) == MANIFEST
             and posixpath.relpath(i.path, base).count("/") == depth
-            and _visible_key(i.path, base)
+            and visible_key(i.path, base)
         )
 
     def datasets(self) -> dict[str, ds.Dataset]:
@@ -521,56 +411,23 @@ def _read_json(path: Path) -> Any:
 _MIRRORS: dict[tuple, Mirror] = {}
 
 
-def mirror_for(spec: Any) -> Mirror | None:
-    """The spec's mirror, checked once per process (fails fast), or None when local only."""
-    url = spec.storage.remote
-    if not url:
+def open_mirror(store: str | Path, settings: StorageSpec) -> Mirror | None:
+    """The mirror `settings.remote` names for this store, checked once per process (fails
+    fast), or None when the store is local only."""
+    if not settings.remote:
         return None
-    settings = ObjectStore.from_spec(spec)
-    key = (str(Path(spec.store).expanduser().resolve()), url, settings)
+    object_store = ObjectStore.from_settings(settings)
+    key = (str(Path(store).expanduser().resolve()), settings.remote, object_store)
     if key not in _MIRRORS:
-        mirror = Mirror(Path(spec.store), url, settings)
+        mirror = Mirror(Path(store), settings.remote, object_store)
         mirror.check()
         _MIRRORS[key] = mirror
     return _MIRRORS[key]
 
 
-def sync(spec: Any, path: str | Path) -> str:
-    """Mirror one output of the spec's store (see Mirror.sync); "local" when none is set."""
-    mirror = mirror_for(spec)
-    return "local" if mirror is None else mirror.sync(path)
-
-
-def sync_pointer(
-    spec: Any, index: Path, target_of: Callable[[str], Path], key: str = "tokenizer_id"
-) -> str:
-    """Mirror an index file that names an output (index -> tokenizer_id -> its directory).
-
-    A missing local index is pulled, then the output it names. A local index is pushed after
-    its output, and only while that output is complete here (never a dangling pointer); it is
-    rewritten even when the mirror has one, since it may name a newer output."""
-    mirror = mirror_for(spec)
-    if mirror is None:
-        return "local"
-    if not index.is_file() and mirror.sync(index) == "pulled":
-        named = _read_json(index)
-        if isinstance(named, dict) and isinstance(named.get(key), str):
-            mirror.sync(target_of(named[key]))
-        return "pulled"
-    named = _read_json(index)
-    if not isinstance(named, dict) or not isinstance(named.get(key), str):
-        return "absent"
-    target = target_of(named[key])
-    if read_manifest(target) is None:
-        return "absent"
-    mirror.sync(target)
-    mirror.push_file(index)
-    return "pushed"
-
-
 def store_mirror(store: str | Path) -> Mirror | None:
     """The mirror recorded in <store>/remote.json by the last run (for the catalog)."""
-    record = _read_json(Path(store).expanduser() / MIRROR_FILE)
+    record = _read_json(Layout.at(store).mirror_record)
     if not isinstance(record, dict) or not record.get("url"):
         return None
     timeout = float(record.get("timeout_s") or 10)

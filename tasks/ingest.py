@@ -17,7 +17,9 @@ from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
+from storage.remote_sources import RemoteFile
 from tasks.progress import ProgressReporter, stage_logger
+from tasks.stage import store_of
 from tasks.tracking import OUTSIDE_WORLD, record_stage
 
 
@@ -56,7 +58,7 @@ def _source_input(
 
 def source_inputs(spec: Spec) -> list[ingest_lib.SourceInput]:
     """Resolve every source of the spec to files; fails with the path that matched nothing."""
-    object_store = remote.ObjectStore.from_spec(spec)
+    object_store = remote.ObjectStore.from_settings(spec.storage)
     return [_source_input(source, spec.data_dir, object_store) for source in spec.corpus.sources]
 
 
@@ -78,7 +80,7 @@ def _fingerprints(paths: list) -> list[dict]:
     modification time: the CLI's stage check, its pre-flight plan, the pipeline and the ingest
     stage all need the corpus id, and hashing a large corpus four times is minutes of I/O."""
     key = tuple(
-        p if isinstance(p, remote.RemoteFile) else (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+        p if isinstance(p, RemoteFile) else (str(p), p.stat().st_size, p.stat().st_mtime_ns)
         for p in paths
     )
     if key not in _FINGERPRINTS:
@@ -121,7 +123,7 @@ def plan_corpus(spec: Spec) -> CorpusPlan:
 def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
     """Stream the sources into Parquet parts, or reuse the complete corpus with this id."""
     log = stage_logger()
-    remote.sync(spec, plan.directory)  # pull a complete corpus from the mirror (fails fast)
+    store_of(spec).sync(plan.directory)  # pull a complete corpus from the mirror (fails fast)
     cached = read_manifest(plan.directory)
     if cached is not None:
         log.info(f"corpus {plan.corpus_id} is cached at {plan.directory}: nothing to ingest")
@@ -143,7 +145,7 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
             "mb_per_s": round(stats["bytes_read"] / 1e6 / max(seconds, 1e-9), 3),
         }
         write_manifest(tmp, manifest)
-    remote.sync(spec, plan.directory)  # push to the mirror
+    store_of(spec).sync(plan.directory)  # push to the mirror
     log.info(
         f"corpus {plan.corpus_id}: {stats['docs_written']:,} docs written, "
         f"{stats['duplicates']:,} duplicates, {stats['rejected']:,} rejected "

@@ -1,52 +1,34 @@
-"""Pretrain tasks: one MLflow run and one registered model version per family.
+"""Pretrain tasks: one MLflow run and one registered model version per family; and domain
+adaptation, the same for a pretrained model continued on a task's texts.
 
 A model's directory is keyed by everything that computes it (family settings, budget, the token
 shards and tokenizer, and the family's code). Its `work/` holds checkpoints and the MLflow run id,
-so a killed run resumes both; the model counts as done only once `_manifest.json` exists.
+so a killed run resumes both; the model counts as done only once `_manifest.json` exists. The
+bookkeeping (cache, mirror, run, registry, manifest) is `tasks/stage.py` and `tasks/models.py`.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.training.adaptation as adaptation
 import pipelines.training.pretraining as pretraining
-from pretrainlab.config import PretrainlabError, Spec
-from storage import registry, remote, tracking
-from storage.atomic import atomic_dir, exclusive, read_manifest, write_json, write_manifest
-from storage.hashing import code_hash, stable_hash
+from pretrainlab.config import Spec
+from storage import registry, tracking
+from storage.hashing import stable_hash
 from storage.layout import Layout
+from storage.registry import ModelRef
 from tasks import launch
+from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
-from tasks.tracking import open_tracking
+from tasks.stage import cached_output, content_key, store_of
 
-MODEL_SUBDIR = "model"
 PROGRESS_KEYS = ("loss", "valid_loss", "tokens_per_s", "words_per_s", "loss_per_word")
-INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
-
-
-class PretrainInterrupted(PretrainlabError, RuntimeError):
-    """Training stopped before its budget (a cancel): the checkpoint is kept for a resume."""
-
-
-def git_sha() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "HEAD"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent,
-        check=False,
-    )
-    return done.stdout.strip() or "unknown"
 
 
 def config_hash(spec: Spec, family: str) -> str:
@@ -61,25 +43,16 @@ def config_hash(spec: Spec, family: str) -> str:
 
 
 def model_key(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> str:
-    return stable_hash(
-        {
-            "config": config_hash(spec, family),
-            "tokenizer_id": tokenizer_id,
-            "tokens": Path(tokens_dir).name,
-            "code": code_hash(pretraining.CODE[family]),
-        }
-    )
+    inputs = {
+        "config": config_hash(spec, family),
+        "tokenizer_id": tokenizer_id,
+        "tokens": Path(tokens_dir).name,
+    }
+    return content_key(inputs, pretraining.CODE[family])
 
 
 def model_dir(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> Path:
     return Layout.at(spec.store).model(family, model_key(spec, family, tokenizer_id, tokens_dir))
-
-
-def _run_id(work: Path) -> str | None:
-    try:
-        return json.loads((work / "run.json").read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def _planned_steps(spec: Spec, family: str) -> int:
@@ -111,27 +84,22 @@ def _metrics_logger(spec: Spec, family: str, planned: int | None = None):
 )
 def pretrain_family(
     spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str
-) -> dict[str, Any]:
+) -> ModelRef:
     """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
     launch.check_launch(spec)  # a world size this machine cannot run fails before any work
-    out = model_dir(spec, family, tokenizer_id, tokens_dir)
-    with exclusive(out, stage_logger().info):  # a concurrent run training it: wait, then reuse
-        remote.sync(spec, out)  # a model another machine trained, from the store's mirror
-        model = _pretrain_into(spec, family, corpus_id, tokenizer_id, tokens_dir, out)
-        remote.sync(spec, out)  # ... and this one to it
-        return model
+    return cached_output(
+        store_of(spec),
+        model_dir(spec, family, tokenizer_id, tokens_dir),
+        lambda out: _pretrain(spec, family, corpus_id, tokenizer_id, tokens_dir, out),
+        model_hit,
+        lock=True,  # a concurrent run training it: wait, then reuse
+        hit=lambda m: f"{family}: model {m.model_key} is cached (version {m.version})",
+    )
 
 
-def _pretrain_into(
+def _pretrain(
     spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str, out: Path
-) -> dict[str, Any]:
-    cached = read_manifest(out)
-    if cached is not None:
-        stage_logger().info(f"{family}: model {out.name} is cached (version {cached['version']})")
-        return {**cached, "model_dir": str(out / MODEL_SUBDIR), "cache_hit": True}  # this store
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    open_tracking(spec)
+) -> ModelRef:
     tags = {
         "stage": "pretrain",
         "family": family,
@@ -141,175 +109,111 @@ def _pretrain_into(
         "git_sha": git_sha(),
         "model_key": out.name,
     }
-    run_name = f"pretrain-{family}/corpus-{corpus_id[:8]}"
-    resumed = _run_id(work)
-    with tracking.start_stage_run(spec.experiment, run_name, tags, run_id=resumed) as run:
-        write_json(work / "run.json", {"run_id": run.info.run_id})
-        if resumed is None:
-            tracking.log_spec(spec.model_dump(mode="json"))
+
+    def train(run_id: str, work: Path, model_tmp: Path) -> dict[str, Any]:
         budget = spec.pretrain.budget
-        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
-            job = pretraining.PretrainJob(
-                family,
-                Path(tokens_dir),
-                Layout.at(spec.store).tokenizer(tokenizer_id),
-                work,
-                model_tmp,
-                budget.tokens,
-                budget.minutes,
-            )
-            if launch.uses_torchrun(spec, family):  # rank 0 logs into this run
-                summary = launch.run_torchrun(spec, job, run.info.run_id, spec.tracking_uri())
-            else:
-                summary = pretraining.pretrain(spec, job, _metrics_logger(spec, family))
-            if summary["stopped_reason"] in INTERRUPTED:
-                mlflow.end_run(status="KILLED")  # resumable: the next run continues this one
-                raise PretrainInterrupted(
-                    f"{family}: stopped ({summary['stopped_reason']}) at its checkpoint in "
-                    f"{work}; re-run to resume"
-                )
-            write_manifest(model_tmp, {"family": family})
-        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
-        mlflow.set_tag("learned_little", str(summary["learned_little"]).lower())
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
-        run_id = run.info.run_id
-    version = registry.register(
-        registry.registered_name(spec.experiment, family),
-        run_id,
-        MODEL_SUBDIR,
-        tags={
-            **tags,
+        job = pretraining.PretrainJob(
+            family,
+            Path(tokens_dir),
+            Layout.at(spec.store).tokenizer(tokenizer_id),
+            work,
+            model_tmp,
+            budget.tokens,
+            budget.minutes,
+        )
+        if launch.uses_torchrun(spec, family):  # rank 0 logs into this run
+            return launch.run_torchrun(spec, job, run_id, spec.tracking_uri())
+        return pretraining.pretrain(spec, job, _metrics_logger(spec, family))
+
+    plan = ModelRun(
+        family=family,
+        architecture=family,
+        run_name=f"pretrain-{family}/corpus-{corpus_id[:8]}",
+        tags=tags,
+        registered_name=registry.registered_name(spec.experiment, family),
+        tokenizer_id=tokenizer_id,
+        log_spec=True,
+        version_tags=lambda summary: {
             "headline_metric": summary["headline_metric"],
             "headline_value": f"{summary['headline_value']}",
         },
     )
-    manifest = {
-        "family": family,
-        "model_key": out.name,
-        "model_dir": str(out / MODEL_SUBDIR),
-        "run_id": run_id,
-        "registered_name": version.name,
-        "version": version.version,
-        "summary": summary,
-        "output": str(out / MODEL_SUBDIR),
-    }
-    write_manifest(out, manifest)
+    model = build_model(spec, out, plan, train)
     stage_logger().info(
-        f"{family}: registered {version.name} v{version.version} "
-        f"({summary['headline_metric']} = {summary['headline_value']})"
+        f"{family}: registered {model.registered_name} v{model.version} "
+        f"({model.summary['headline_metric']} = {model.summary['headline_value']})"
     )
-    return {**manifest, "cache_hit": False}
+    return model
 
 
 # ----------------------------------------------------------------------------- domain adaptation
 
 
-def architecture(model: dict[str, Any]) -> str:
-    """The code paths a model runs through; a pretrained family's name is its architecture."""
-    return model.get("architecture") or model["family"]
-
-
-def adapt_key(spec: Spec, parent: dict[str, Any], texts: tuple[str, ...]) -> str:
-    """Parent model + the task's texts + the adaptation settings + the code that trains."""
-    arch = architecture(parent)
-    settings = spec.transfer.adapt.model_dump(mode="json", exclude={"families", "tasks"})
-    return stable_hash(
-        {
-            "parent": parent["model_key"],
-            "texts": adaptation.texts_fingerprint(texts),
-            "adapt": settings,
-            "family": getattr(spec.pretrain, arch).model_dump(mode="json"),
-            "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
-            "code": code_hash([*pretraining.CODE[arch], adaptation]),
-        }
-    )
-
-
-def adapted_alias(task_name: str) -> str:
-    """`adapted-<task>`: a registry alias per task (MLflow aliases allow [A-Za-z0-9_-])."""
-    return "adapted-" + re.sub(r"[^A-Za-z0-9_-]", "-", task_name)
-
-
 @task(name="adapt", task_run_name="adapt-{name}/{data.name}", cache_policy=NO_CACHE)
-def adapt_model(spec: Spec, data: Any, name: str, parent: dict[str, Any]) -> dict[str, Any]:
+def adapt_model(spec: Spec, data: Any, name: str, parent: ModelRef) -> ModelRef:
     """Continue `name`'s LM pretraining on the task's texts (ULMFiT), or reuse it; register the
     result as a new version of the parent's registered model, its parent recorded in tags."""
     texts = adaptation.task_texts(data)
-    out = Layout.at(spec.store).model(f"{name}+adapt", adapt_key(spec, parent, texts))
-    with exclusive(out, stage_logger().info):
-        return _adapt_into(spec, data, name, parent, texts, out)
+    arch = parent.architecture
+    key = content_key(
+        adaptation.key_inputs(spec, arch, parent.model_key, texts), adaptation.code(arch)
+    )
+    return cached_output(
+        store_of(spec),
+        Layout.at(spec.store).model(f"{name}+adapt", key),
+        lambda out: _adapt(spec, data, name, parent, texts, out),
+        model_hit,
+        lock=True,
+        hit=lambda m: f"{name}+adapt on {data.name}: cached (version {m.version})",
+    )
 
 
-def _adapt_into(spec: Spec, data: Any, name: str, parent: dict[str, Any],
-                texts: tuple[str, ...], out: Path) -> dict[str, Any]:
-    arch = architecture(parent)
-    cached = read_manifest(out)
-    if cached is not None:
-        stage_logger().info(f"{name}+adapt on {data.name}: cached (version {cached['version']})")
-        return {**cached, "cache_hit": True}
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    open_tracking(spec)
-    settings = spec.transfer.adapt
+def _adapt(
+    spec: Spec, data: Any, name: str, parent: ModelRef, texts: tuple[str, ...], out: Path
+) -> ModelRef:
+    arch, settings = parent.architecture, spec.transfer.adapt
     tags = {
         "stage": "adapt",
         "family": f"{name}+adapt",
         "architecture": arch,
         "parent_family": name,
-        "parent_version": parent["version"],
-        "parent_run_id": parent["run_id"],
-        "parent_model_key": parent["model_key"],
+        "parent_version": parent.version,
+        "parent_run_id": parent.run_id,
+        "parent_model_key": parent.model_key,
         "adapted_on": data.name,
         "task_texts": adaptation.texts_fingerprint(texts),
         "git_sha": git_sha(),
         "model_key": out.name,
     }
-    resumed = _run_id(work)
-    with tracking.start_stage_run(
-        spec.experiment, f"adapt-{name}/{data.name}", tags, run_id=resumed
-    ) as run:
-        write_json(work / "run.json", {"run_id": run.info.run_id})
-        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
-            job = adaptation.AdaptJob(
-                arch, Path(parent["model_dir"]), texts, work, model_tmp,
-                settings.max_steps, settings.lr,
-            )
-            logger = _metrics_logger(spec, arch, planned=settings.max_steps)
-            summary = adaptation.adapt(spec, job, logger)
-            if summary["stopped_reason"] in INTERRUPTED:
-                mlflow.end_run(status="KILLED")
-                raise PretrainInterrupted(
-                    f"{name}+adapt: stopped ({summary['stopped_reason']}) at its checkpoint in "
-                    f"{work}; re-run to resume"
-                )
-            write_manifest(model_tmp, {"family": arch})
-        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
-        run_id = run.info.run_id
-    version = registry.register(
-        parent["registered_name"], run_id, MODEL_SUBDIR,
-        tags={**tags, "valid_loss": f"{summary['valid_loss']}",
-              "parent_valid_loss": f"{summary['parent_valid_loss']}"},
-        alias=adapted_alias(data.name),
+
+    def train(run_id: str, work: Path, model_tmp: Path) -> dict[str, Any]:
+        job = adaptation.AdaptJob(
+            arch, parent.path, texts, work, model_tmp, settings.max_steps, settings.lr
+        )
+        return adaptation.adapt(spec, job, _metrics_logger(spec, arch, planned=settings.max_steps))
+
+    plan = ModelRun(
+        family=f"{name}+adapt",
+        architecture=arch,
+        run_name=f"adapt-{name}/{data.name}",
+        tags=tags,
+        registered_name=parent.registered_name,
+        alias=registry.adapted_alias(data.name),
+        tokenizer_id=parent.tokenizer_id,  # the parent's tokenizer ships with the adapted model
+        version_tags=lambda summary: {
+            "valid_loss": f"{summary['valid_loss']}",
+            "parent_valid_loss": f"{summary['parent_valid_loss']}",
+        },
+        lineage={
+            "parent_version": parent.version,
+            "parent_run_id": parent.run_id,
+            "adapted_on": data.name,
+        },
     )
-    manifest = {
-        "family": f"{name}+adapt",
-        "architecture": arch,
-        "model_key": out.name,
-        "model_dir": str(out / MODEL_SUBDIR),
-        "run_id": run_id,
-        "registered_name": version.name,
-        "version": version.version,
-        "parent_version": parent["version"],
-        "parent_run_id": parent["run_id"],
-        "adapted_on": data.name,
-        "summary": summary,
-        "output": str(out / MODEL_SUBDIR),
-    }
-    write_manifest(out, manifest)
+    model = build_model(spec, out, plan, train)
     stage_logger().info(
-        f"{name}+adapt on {data.name}: registered {version.name} v{version.version} "
-        f"(parent v{parent['version']}); task-text valid loss "
-        f"{summary['parent_valid_loss']:.3f} -> {summary['valid_loss']:.3f}"
+        f"{name}+adapt on {data.name}: registered {model.registered_name} v{model.version} "
+        f"(parent v{parent.version}); task-text valid loss "
+        f"{model.summary['parent_valid_loss']:.3f} -> {model.summary['valid_loss']:.3f}"
     )
-    return {**manifest, "cache_hit": False}
+    return model

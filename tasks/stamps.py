@@ -44,7 +44,7 @@ def stage_outputs(spec: Spec, stage: str, result: dict[str, Any]) -> list[str]:
     if stage == "ingest":
         return [str(Layout.at(spec.store).corpus(result["corpus_id"]))]
     if stage == "tokenize":
-        tokenizers = [Layout.at(spec.store).tokenizer(f["tokenizer_id"]) / "tokenizer.json"
+        tokenizers = [Layout.at(spec.store).tokenizer_file(f["tokenizer_id"])
                       for f in result["families"].values()]
         return [f["tokens"] for f in result["families"].values()] + [str(t) for t in tokenizers]
     if stage == "pretrain":

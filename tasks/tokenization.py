@@ -24,11 +24,10 @@ import pipelines.data.encoding as encoding_lib
 import pipelines.data.sentences as sentences_lib
 import pipelines.data.tokenizer_training as tokenizer_lib
 from pretrainlab.config import TOKENIZER_NAMES, TOKENIZER_OF_FAMILY, Spec
-from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
-from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
 from tasks.progress import ProgressReporter, stage_logger
+from tasks.stage import cached_output, content_key, reuse, store_of
 from tasks.tracking import OUTSIDE_WORLD, record_stage
 
 
@@ -52,9 +51,7 @@ class TokenizerPlan:
 
 def _training_key(spec: Spec, name: str, corpus_id: str) -> str:
     settings = getattr(spec.tokenizers, name).model_dump(mode="json")
-    return stable_hash(
-        {"corpus_id": corpus_id, "tokenizer": settings, "code": code_hash([tokenizer_lib])}
-    )
+    return content_key({"corpus_id": corpus_id, "tokenizer": settings}, [tokenizer_lib])
 
 
 def _is_intact(directory: Path) -> bool:
@@ -65,28 +62,26 @@ def _is_intact(directory: Path) -> bool:
     return read_manifest(directory) is not None
 
 
-def _indexed_tokenizer(layout: Layout, training_key: str) -> str | None:
-    """The id the index records for these inputs, if that tokenizer is still intact."""
+def _indexed_tokenizer(layout: Layout, index: Path) -> str | None:
+    """The id an index entry records for its inputs, if that tokenizer is still intact."""
     try:
-        tokenizer_id = json.loads(layout.tokenizer_index(training_key).read_text())["tokenizer_id"]
+        tokenizer_id = json.loads(index.read_text())["tokenizer_id"]
     except (OSError, ValueError, KeyError):
         return None
     return tokenizer_id if _is_intact(layout.tokenizer(tokenizer_id)) else None
 
 
 def plan_tokenizer(spec: Spec, name: str, corpus_id: str) -> TokenizerPlan:
-    key = _training_key(spec, name, corpus_id)
-    return TokenizerPlan(name, corpus_id, key, _indexed_tokenizer(Layout.at(spec.store), key))
+    key, layout = _training_key(spec, name, corpus_id), Layout.at(spec.store)
+    found = _indexed_tokenizer(layout, layout.tokenizer_index(key))
+    return TokenizerPlan(name, corpus_id, key, found)
 
 
 def encoding_id(spec: Spec, corpus_id: str) -> str:
     """Identity of encoded shards under a tokenizer: corpus, cut length and the encoding code."""
-    return stable_hash(
-        {
-            "corpus_id": corpus_id,
-            "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
-            "code": code_hash([encoding_lib, sentences_lib, tokenizer_lib]),
-        }
+    return content_key(
+        {"corpus_id": corpus_id, "max_sentence_tokens": spec.tokenizers.max_sentence_tokens},
+        [encoding_lib, sentences_lib, tokenizer_lib],
     )
 
 
@@ -98,24 +93,24 @@ def _quarantine_if_corrupt(directory: Path) -> None:
         stage_logger().warning(f"tokenizer {directory} failed its hash check; moved to {target}")
 
 
-@task(name="train-tokenizer", task_run_name="train-tokenizer/{name}", cache_policy=NO_CACHE)
-def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
-    """Reuse the tokenizer these inputs produced before, or train one on the train split."""
+def _tokenizer_hit(layout: Layout, name: str, index: Path) -> dict[str, Any] | None:
+    """The tokenizer an index entry names, when it is still intact, as a cache hit."""
+    tokenizer_id = _indexed_tokenizer(layout, index)
+    if tokenizer_id is None:
+        return None
+    meta = tokenizer_lib.read_meta(layout.tokenizer(tokenizer_id))
+    return {
+        "name": name,
+        "tokenizer_id": tokenizer_id,
+        "cache_hit": True,
+        "vocab_size": meta["vocab_size"],
+        "seconds": 0.0,
+    }
+
+
+def _train(spec: Spec, name: str, corpus_id: str, index: Path) -> dict[str, Any]:
+    """Train on the train split, store the tokenizer under its content id, index it."""
     layout = Layout.at(spec.store)
-    index = layout.tokenizer_index(_training_key(spec, name, corpus_id))
-    remote.sync_pointer(spec, index, layout.tokenizer)  # pull the mirror's tokenizer, if any
-    plan = plan_tokenizer(spec, name, corpus_id)
-    if plan.tokenizer_id is not None:
-        stage_logger().info(f"{name} tokenizer {plan.tokenizer_id} is cached: not retrained")
-        meta = tokenizer_lib.read_meta(layout.tokenizer(plan.tokenizer_id))
-        return {
-            "name": name,
-            "tokenizer_id": plan.tokenizer_id,
-            "cache_hit": True,
-            "vocab_size": meta["vocab_size"],
-            "seconds": 0.0,
-        }
-    index = layout.tokenizer_index(plan.training_key)
     if index.exists():  # the index names a tokenizer that is gone or corrupt
         _quarantine_if_corrupt(layout.tokenizer(json.loads(index.read_text())["tokenizer_id"]))
     started = time.perf_counter()
@@ -139,7 +134,6 @@ def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
                 },
             )
     write_json(index, {"tokenizer_id": tokenizer_id, "corpus_id": corpus_id, "family": name})
-    remote.sync_pointer(spec, index, layout.tokenizer)  # push the tokenizer, then its index
     stats = tokenizer_lib.vocab_stats(settings, trained)
     return {
         "name": name,
@@ -151,6 +145,20 @@ def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
     }
 
 
+@task(name="train-tokenizer", task_run_name="train-tokenizer/{name}", cache_policy=NO_CACHE)
+def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
+    """Reuse the tokenizer these inputs produced before, or train one on the train split."""
+    store = store_of(spec)
+    return cached_output(
+        store,
+        store.layout.tokenizer_index(_training_key(spec, name, corpus_id)),
+        lambda index: _train(spec, name, corpus_id, index),
+        lambda index: _tokenizer_hit(store.layout, name, index),
+        target_of=store.layout.tokenizer,  # the index entry names its tokenizer: both mirrored
+        hit=lambda found: f"{name} tokenizer {found['tokenizer_id']} is cached: not retrained",
+    )
+
+
 def encoding_output(spec: Spec, corpus_id: str, tokenizer_id: str) -> Path:
     return Layout.at(spec.store).tokens(tokenizer_id, encoding_id(spec, corpus_id))
 
@@ -160,12 +168,10 @@ def cached_encoding(
 ) -> dict[str, Any] | None:
     """The manifest of complete token shards for these inputs (a cache hit), else None."""
     out = encoding_output(spec, corpus_id, tokenizer_id)
-    remote.sync(spec, out)  # pull complete shards from the mirror (or push local ones)
-    cached = read_manifest(out)
-    if cached is None:
-        return None
-    stage_logger().info(f"{name} token shards are cached at {out}")
-    return {**cached, "output": str(out), "cache_hit": True}
+    cached = reuse(store_of(spec), out)  # encoded by the flow's shard tasks when missing
+    if cached is not None:
+        stage_logger().info(f"{name} token shards are cached at {out}")
+    return cached
 
 
 @dataclass(frozen=True)
@@ -240,8 +246,9 @@ def record_tokenization(
     spec: Spec, corpus_id: str, tokenizers: list[dict[str, Any]], shards: list[dict[str, Any]]
 ) -> str:
     """One MLflow run with each family's vocabulary and token statistics."""
+    store = store_of(spec)
     for tok in tokenizers:  # the encoded shards are complete now: push them to the mirror
-        remote.sync(spec, encoding_output(spec, corpus_id, tok["tokenizer_id"]))
+        store.sync(encoding_output(spec, corpus_id, tok["tokenizer_id"]))
     metrics: dict[str, float] = {}
     for tok, shard in zip(tokenizers, shards, strict=True):
         name = tok["name"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.entities import Metric
@@ -27,13 +27,14 @@ import pipelines.transfer.baselines as baselines_lib
 import pipelines.transfer.heads as heads_lib
 import pipelines.transfer.runs as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec, parse_mode
-from storage import registry, remote, tracking
-from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parquet
+from storage import registry, tracking
+from storage.atomic import write_parquet
 from storage.catalog import RESULT_SCHEMA
-from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
-from tasks.pretrain import MODEL_SUBDIR, architecture, git_sha
+from storage.registry import ModelRef
+from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
+from tasks.stage import cached_output, content_key, store_of
 from tasks.tracking import open_tracking
 
 CODE = [transfer_lib, heads_lib, task_data_lib]
@@ -57,16 +58,18 @@ def _rows(base: dict[str, Any], items: list[Item]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
-def _result_path(spec: Spec, task_name: str, key: str) -> Path:
-    return Layout.at(spec.store).results / task_name / f"{key}.parquet"
-
-
-def _cached(spec: Spec, path: Path) -> dict[str, Any] | None:
-    remote.sync(spec, path)  # rows another machine wrote to the store's mirror, if any
+def _rows_hit(path: Path) -> dict[str, Any] | None:
+    """A result file written before (here, or pulled from the mirror), as a cache hit."""
     if not path.exists():
         return None
     table = pq.read_table(path, columns=["run_id"])
     return {"cache_hit": True, "rows": table.num_rows, "run_id": table["run_id"][0].as_py()}
+
+
+def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict]) -> dict:
+    """The rows keyed `key` of a task: reused when written before, else computed and recorded."""
+    store = store_of(spec)
+    return cached_output(store, store.layout.result(task_name, key), compute, _rows_hit)
 
 
 def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
@@ -80,13 +83,12 @@ def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
         MlflowClient().log_batch(run.info.run_id, metrics=metrics)
         run_id = run.info.run_id
     write_parquet(path, _rows({"run_id": run_id, **base}, items))
-    remote.sync(spec, path)  # push the result rows to the store's mirror, if any
     return {"cache_hit": False, "rows": len(items), "run_id": run_id}
 
 
-def _model_tags(model: dict[str, Any]) -> dict[str, str]:
-    return {"pretrain_run_id": model["run_id"], "model_version": model["version"],
-            "registered_name": model["registered_name"]}
+def _model_tags(model: ModelRef) -> dict[str, str]:
+    return {"pretrain_run_id": model.run_id, "model_version": model.version,
+            "registered_name": model.registered_name}
 
 
 @task(name="load-task", task_run_name="load-task/{task_spec.name}", cache_policy=NO_CACHE)
@@ -101,11 +103,14 @@ def load_task(spec: Spec, task_spec: TaskSpec) -> task_data_lib.TaskData:
 
 
 def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) -> dict:
-    key = stable_hash({"task": data.fingerprint, "method": method, "budget": budget,
-                       "seed": seed, "code": code_hash([baselines_lib, task_data_lib])})
-    path = _result_path(spec, data.name, key)
-    if (cached := _cached(spec, path)) is not None:
-        return cached
+    key = content_key({"task": data.fingerprint, "method": method, "budget": budget,
+                       "seed": seed}, [baselines_lib, task_data_lib])
+    return _result(spec, data.name, key,
+                   lambda path: _baseline_rows(spec, data, method, budget, seed, path))
+
+
+def _baseline_rows(spec: Spec, data: Any, method: str, budget: Any, seed: int,
+                   path: Path) -> dict:
     scores = baselines_lib.baseline(data, task_data_lib.take_budget(data.train, budget, seed))
     pairs = [(split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
     base = {"task": data.name, "family": "baseline", "model_version": "", "mode": method,
@@ -142,27 +147,31 @@ def _run_settings(spec: Spec) -> dict[str, Any]:
 
 
 def _features_dir(spec: Spec, family: str) -> Path:
-    return Layout.at(spec.store).store / "features" / family
+    return Layout.at(spec.store).features_of(family)
 
 
 def _headline(data: Any) -> str:
     return "span_f1" if data.kind == "tag" and transfer_lib.is_bio(data.labels) else "accuracy"
 
 
-def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mode: str,
+def _transfer_one(spec: Spec, data: Any, family: str, model: ModelRef, mode: str,
                   budget: Any, seed: int) -> dict[str, Any]:
+    """One (budget, seed) of a mode: its rows, reused or computed."""
+    grid = spec.transfer.lrs[grid_key(mode)]
+    key = content_key({"task": data.fingerprint, "family": family, "model": model.model_key,
+                       "mode": mode, "budget": budget, "seed": seed, "grid": grid,
+                       "transfer": _run_settings(spec), "rows": ROWS_VERSION}, CODE)
+    return _result(spec, data.name, key,
+                   lambda path: _best_of_grid(spec, data, family, model, mode, budget, seed, path))
+
+
+def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str, budget: Any,
+                  seed: int, path: Path) -> dict[str, Any]:
     """Train with every rate of the mode's grid, keep the best on dev, record its rows."""
     grid = spec.transfer.lrs[grid_key(mode)]
-    key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
-                       "mode": mode, "budget": budget, "seed": seed, "grid": grid,
-                       "transfer": _run_settings(spec), "rows": ROWS_VERSION,
-                       "code": code_hash(CODE)})
-    path = _result_path(spec, data.name, key)
-    if (cached := _cached(spec, path)) is not None:
-        return cached
     train = task_data_lib.take_budget(data.train, budget, seed)
     started = time.perf_counter()
-    trials = {lr: transfer_lib.run_transfer(architecture(model), Path(model["model_dir"]), data,
+    trials = {lr: transfer_lib.run_transfer(model.architecture, model.path, data,
                                             train, _config(spec, mode, lr, seed),
                                             _features_dir(spec, family))
               for lr in grid}
@@ -185,7 +194,7 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
     tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
             "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_epoch": str(best.best_epoch),
             "train_examples": str(len(train)), **_model_tags(model)}
-    base = {"task": data.name, "family": family, "model_version": model["version"],
+    base = {"task": data.name, "family": family, "model_version": model.version,
             "mode": mode, "budget": str(budget), "seed": seed, "lr": best_lr}
     result = _record(spec, data.name, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
                      points, base, items, path)
@@ -199,7 +208,7 @@ def _transfer_one(spec: Spec, data: Any, family: str, model: dict[str, Any], mod
 
 @task(name="transfer", task_run_name="transfer-{family}-{mode}/{data.name}",
       cache_policy=NO_CACHE)
-def run_transfer(spec: Spec, data: task_data_lib.TaskData, family: str, model: dict[str, Any],
+def run_transfer(spec: Spec, data: task_data_lib.TaskData, family: str, model: ModelRef,
                  mode: str) -> list[dict[str, Any]]:
     """One family in one mode on one task, over every label budget and seed."""
     open_tracking(spec)
@@ -207,99 +216,87 @@ def run_transfer(spec: Spec, data: task_data_lib.TaskData, family: str, model: d
             for budget in spec.transfer.budgets for seed in spec.transfer.seeds]
 
 
-def _per_layer(spec: Spec, data: Any, family: str, model: dict[str, Any], kind: str,
-               scores: dict[int, dict[str, float]], result_task: str, key: str,
-               lr: float) -> dict[str, Any]:
+def _per_layer(spec: Spec, data: Any, family: str, model: ModelRef, kind: str,
+               scores: dict[int, dict[str, float]], result_task: str, lr: float,
+               path: Path) -> dict[str, Any]:
     """Record per-layer numbers (probes, polysemy) as one run and layer-indexed rows."""
     pairs = [(layer, k, v) for layer, metrics in scores.items() for k, v in metrics.items()]
-    base = {"task": result_task, "family": family, "model_version": model["version"],
+    base = {"task": result_task, "family": family, "model_version": model.version,
             "mode": kind, "budget": "all", "seed": 0, "lr": lr}
     open_tracking(spec)
     return _record(spec, data.name, f"{kind}-{family}/{data.name}",
                    {"family": family, "mode": kind, **_model_tags(model)},
                    [(f"test_{k}", v, layer) for layer, k, v in pairs], base,
-                   [(0, "test", k, v, layer) for layer, k, v in pairs],
-                   _result_path(spec, result_task, key))
+                   [(0, "test", k, v, layer) for layer, k, v in pairs], path)
 
 
 @task(name="probe", task_run_name="probe-{family}/{data.name}", cache_policy=NO_CACHE)
 def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
-              model: dict[str, Any]) -> dict[str, Any]:
+              model: ModelRef) -> dict[str, Any]:
     """A linear probe per layer: which layer knows what."""
     lr = spec.transfer.lrs["frozen"][0]
-    key = "probe-" + stable_hash({
-        "task": data.fingerprint, "family": family, "model": model["model_key"], "lr": lr,
-        "transfer": _run_settings(spec), "code": code_hash(CODE)})
-    if (cached := _cached(spec, _result_path(spec, data.name, key))) is not None:
-        return cached
-    scores = transfer_lib.probe_layers(architecture(model), Path(model["model_dir"]), data,
-                                       data.train, _config(spec, "frozen", lr, 0),
-                                       _features_dir(spec, family))
-    return _per_layer(spec, data, family, model, "probe", scores, data.name, key, lr)
+    key = "probe-" + content_key({"task": data.fingerprint, "family": family,
+                                  "model": model.model_key, "lr": lr,
+                                  "transfer": _run_settings(spec)}, CODE)
+
+    def probe(path: Path) -> dict[str, Any]:
+        scores = transfer_lib.probe_layers(model.architecture, model.path, data, data.train,
+                                           _config(spec, "frozen", lr, 0),
+                                           _features_dir(spec, family))
+        return _per_layer(spec, data, family, model, "probe", scores, data.name, lr, path)
+
+    return _result(spec, data.name, key, probe)
 
 
 @task(name="polysemy", task_run_name="polysemy-{family}/{data.name}", cache_policy=NO_CACHE)
 def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
-                 model: dict[str, Any]) -> dict[str, Any]:
+                 model: ModelRef) -> dict[str, Any]:
     """Same-sense vs different-sense similarity of a word across sentences, per layer."""
-    key = stable_hash({"task": data.fingerprint, "family": family, "model": model["model_key"],
-                       "max_len": spec.transfer.max_len, "code": code_hash(CODE)})
-    if (cached := _cached(spec, _result_path(spec, "polysemy", key))) is not None:
-        return cached
-    scores = transfer_lib.polysemy_similarity(architecture(model), Path(model["model_dir"]), data,
-                                              spec.transfer.max_len, _features_dir(spec, family))
-    return _per_layer(spec, data, family, model, "frozen", scores, "polysemy", key, 0.0)
+    key = content_key({"task": data.fingerprint, "family": family, "model": model.model_key,
+                       "max_len": spec.transfer.max_len}, CODE)
+
+    def similarity(path: Path) -> dict[str, Any]:
+        scores = transfer_lib.polysemy_similarity(model.architecture, model.path, data,
+                                                  spec.transfer.max_len,
+                                                  _features_dir(spec, family))
+        return _per_layer(spec, data, family, model, "frozen", scores, "polysemy", 0.0, path)
+
+    return _result(spec, "polysemy", key, similarity)
 
 
 # ----------------------------------------------------------------------------- your checkpoints
 
 
 def checkpoint_key(spec: Spec, info: checkpoints_lib.CheckpointInfo, name: str) -> str:
-    return stable_hash({"content": info.content_hash, "name": name,
-                        "registered_name": registry.registered_name(spec.experiment, name),
-                        "code": code_hash([checkpoints_lib])})
+    return content_key({"content": info.content_hash, "name": name,
+                        "registered_name": registry.registered_name(spec.experiment, name)},
+                       [checkpoints_lib])
 
 
 @task(name="checkpoint", task_run_name="checkpoint-{checkpoint.name}", cache_policy=NO_CACHE)
-def register_checkpoint(spec: Spec, checkpoint: CheckpointSpec) -> dict[str, Any]:
+def register_checkpoint(spec: Spec, checkpoint: CheckpointSpec) -> ModelRef:
     """Import a user's Hugging Face checkpoint into the store (once per content) and register it
     as `<experiment>-<name>`, tagged with its source path and content hash."""
     info = checkpoints_lib.inspect_checkpoint(checkpoint.path)
-    out = Layout.at(spec.store).model(checkpoint.name, checkpoint_key(spec, info, checkpoint.name))
-    cached = read_manifest(out)
-    if cached is not None:
-        stage_logger().info(f"checkpoint {checkpoint.name}: cached (version {cached['version']})")
-        return {**cached, "cache_hit": True}
-    open_tracking(spec)
-    tags = {"stage": "checkpoint", "family": checkpoint.name, "architecture": info.architecture,
+    return cached_output(
+        store_of(spec),
+        Layout.at(spec.store).model(checkpoint.name, checkpoint_key(spec, info, checkpoint.name)),
+        lambda out: _import(spec, checkpoint.name, info, out),
+        model_hit,
+        lock=True,
+        hit=lambda m: f"checkpoint {checkpoint.name}: cached (version {m.version})",
+    )
+
+
+def _import(spec: Spec, name: str, info: checkpoints_lib.CheckpointInfo, out: Path) -> ModelRef:
+    tags = {"stage": "checkpoint", "family": name, "architecture": info.architecture,
             "model_type": info.model_type, "source_path": str(info.path),
             "content_hash": info.content_hash, "git_sha": git_sha(), "model_key": out.name}
-    with tracking.start_stage_run(spec.experiment, f"checkpoint-{checkpoint.name}", tags) as run:
-        with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
-            summary = checkpoints_lib.import_checkpoint(info, model_tmp)
-            write_manifest(model_tmp, {"family": info.architecture})
-        tracking.log_metrics_safe({"n_params": summary["n_params"],
-                                   "vocab_size": summary["vocab_size"]})
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
-        run_id = run.info.run_id
-    version = registry.register(registry.registered_name(spec.experiment, checkpoint.name),
-                                run_id, MODEL_SUBDIR, tags=tags)
-    manifest = {"family": checkpoint.name, "architecture": info.architecture,
-                "model_key": out.name, "model_dir": str(out / MODEL_SUBDIR), "run_id": run_id,
-                "registered_name": version.name, "version": version.version,
-                "summary": summary, "output": str(out / MODEL_SUBDIR)}
-    write_manifest(out, manifest)
-    stage_logger().info(f"checkpoint {checkpoint.name} ({info.model_type} from {info.path}): "
-                        f"registered {version.name} v{version.version}")
-    return {**manifest, "cache_hit": False}
-
-
-def adaptation_parent(models: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
-    """The model `transfer.adapt.families` names, or a clear error."""
-    if name not in models:
-        raise heads_lib.TransferError(
-            f"transfer.adapt.families names {name!r}, but no such model was pretrained or "
-            f"imported (available: {', '.join(sorted(models)) or 'none'}); add it to "
-            "pretrain.families or transfer.checkpoints"
-        )
-    return models[name]
+    plan = ModelRun(family=name, architecture=info.architecture, run_name=f"checkpoint-{name}",
+                    tags=tags, registered_name=registry.registered_name(spec.experiment, name),
+                    resumable=False)  # an import is one short step: nothing to resume
+    model = build_model(spec, out, plan,
+                        lambda run_id, work, tmp: checkpoints_lib.import_checkpoint(info, tmp))
+    stage_logger().info(f"checkpoint {name} ({info.model_type} from {info.path}): "
+                        f"registered {model.registered_name} v{model.version}")
+    return model

@@ -16,10 +16,12 @@ the model moved toward the task's domain.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import torch
@@ -28,6 +30,7 @@ import pipelines.models.bert as bert
 import pipelines.models.elmo as elmo
 import pipelines.models.gpt as gpt
 import pipelines.training.loop as training
+import pipelines.training.pretraining as pretraining
 from pipelines.data.encoding import TOKENIZER_ID_KEY, TOKENS_SCHEMA
 from pipelines.data.tokenizer_training import TOKENIZER_SUBDIR, load_raw_tokenizer, ship_tokenizer
 from pipelines.models.saved import load_pretrained
@@ -42,6 +45,7 @@ DOC_TEXTS = 8  # texts per pseudo-document: BERT's NSP needs sentence-to-sentenc
 VALID_SHARE = 0.1  # documents held out to measure the loss before and after adaptation
 MIN_DOCS = 2  # per split
 LogFn = Callable[[dict[str, float], int], None]
+M = TypeVar("M")
 
 
 class AdaptationError(PretrainlabError, ValueError):
@@ -72,6 +76,38 @@ def task_texts(task: TaskData) -> tuple[str, ...]:
 
 def texts_fingerprint(texts: tuple[str, ...]) -> str:
     return stable_hash(list(texts))
+
+
+def choose_parent(models: Mapping[str, M], name: str) -> M:
+    """The model `transfer.adapt.families` names: pretrained here or imported, else a clear
+    error listing what exists."""
+    if name not in models:
+        raise AdaptationError(
+            f"transfer.adapt.families names {name!r}, but no such model was pretrained or "
+            f"imported (available: {', '.join(sorted(models)) or 'none'}); add it to "
+            "pretrain.families or transfer.checkpoints"
+        )
+    return models[name]
+
+
+def key_inputs(
+    spec: Spec, architecture: str, parent_key: str, texts: tuple[str, ...]
+) -> dict[str, Any]:
+    """What an adapted model is computed from: its parent, the task's texts, the adaptation
+    settings and the family's own (the code it runs is `code(architecture)`)."""
+    settings = spec.transfer.adapt.model_dump(mode="json", exclude={"families", "tasks"})
+    return {
+        "parent": parent_key,
+        "texts": texts_fingerprint(texts),
+        "adapt": settings,
+        "family": getattr(spec.pretrain, architecture).model_dump(mode="json"),
+        "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
+    }
+
+
+def code(architecture: str) -> list[ModuleType]:
+    """The modules an adapted model depends on: its family's pretraining code, and this one."""
+    return [*pretraining.CODE[architecture], sys.modules[__name__]]
 
 
 def _documents(ids: list[list[int]]) -> list[list[list[int]]]:

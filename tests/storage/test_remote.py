@@ -1,5 +1,6 @@
-"""storage.remote against a real S3-compatible server (moto, on 127.0.0.1): sources at URLs,
-the store's mirror (manifest last, atomic pulls) and the fail-fast messages."""
+"""storage.remote and storage.remote_sources against a real S3-compatible server (moto, on
+127.0.0.1): sources at URLs, the store's mirror (manifest last, atomic pulls) and the fail-fast
+messages."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 import pipelines.data.ingest as ingest_lib
 from pretrainlab.config import spec_from_dict
-from storage import remote
+from storage import remote, remote_sources
 from storage.atomic import MANIFEST, atomic_dir, read_manifest, write_json, write_manifest
 from storage.layout import Layout
 
@@ -68,33 +69,33 @@ def _spec(tmp_path: Path, store: remote.ObjectStore, url: str, name: str = "stor
 
 
 def test_glob_regex_keeps_stars_inside_one_level() -> None:
-    pattern = remote._glob_regex("b/raw/*.jsonl.gz")
+    pattern = remote_sources._glob_regex("b/raw/*.jsonl.gz")
     assert pattern.match("b/raw/a.jsonl.gz")
     assert not pattern.match("b/raw/sub/a.jsonl.gz")
-    deep = remote._glob_regex("b/raw/**/*.txt")
+    deep = remote_sources._glob_regex("b/raw/**/*.txt")
     assert deep.match("b/raw/a.txt") and deep.match("b/raw/x/y/a.txt")
     assert not deep.match("b/raw/a.txt.gz")
-    assert remote._glob_regex("b/part-[0-9].txt").match("b/part-3.txt")
+    assert remote_sources._glob_regex("b/part-[0-9].txt").match("b/part-3.txt")
 
 
 def test_resolve_url_lists_objects_globs_and_prefixes(store, bucket) -> None:
     for key in ("raw/a.jsonl.gz", "raw/b.jsonl.gz", "raw/c.txt", "raw/.hidden.jsonl.gz"):
         _put(store, f"{bucket}/{key}", b"x\n")
-    found = remote.resolve_url(f"s3://{bucket}/raw/*.jsonl.gz", store)
+    found = remote_sources.resolve_url(f"s3://{bucket}/raw/*.jsonl.gz", store)
     assert [f.url for f in found] == [
         f"s3://{bucket}/raw/a.jsonl.gz",
         f"s3://{bucket}/raw/b.jsonl.gz",
     ]
     assert [f.name for f in found] == ["a.jsonl.gz", "b.jsonl.gz"]
     assert found[0].fingerprint()["bytes"] == 2 and found[0].fingerprint()["mtime_ns"]
-    prefix = remote.resolve_url(f"s3://{bucket}/raw", store)
+    prefix = remote_sources.resolve_url(f"s3://{bucket}/raw", store)
     assert [f.name for f in prefix] == ["a.jsonl.gz", "b.jsonl.gz", "c.txt"]  # hidden skipped
-    one = remote.resolve_url(f"s3://{bucket}/raw/c.txt", store)
+    one = remote_sources.resolve_url(f"s3://{bucket}/raw/c.txt", store)
     assert len(one) == 1 and one[0].size == 2
     with pytest.raises(remote.RemoteError, match="no such object"):
-        remote.resolve_url(f"s3://{bucket}/nothing-here", store)
+        remote_sources.resolve_url(f"s3://{bucket}/nothing-here", store)
     with pytest.raises(remote.RemoteError, match="glob matches no objects"):
-        remote.resolve_url(f"s3://{bucket}/raw/*.csv", store)
+        remote_sources.resolve_url(f"s3://{bucket}/raw/*.csv", store)
 
 
 def test_ingest_from_the_bucket_equals_ingest_from_disk(tmp_path, store, bucket) -> None:
@@ -111,7 +112,7 @@ def test_ingest_from_the_bucket_equals_ingest_from_disk(tmp_path, store, bucket)
         _put(store, f"{bucket}/corpus/{path.name}", path.read_bytes())
     settings = ingest_lib.IngestSettings(rows_per_shard=120)
     remote_files = ingest_lib.resolve_paths(f"s3://{bucket}/corpus/*", store)
-    assert all(isinstance(f, remote.RemoteFile) for f in remote_files)
+    assert all(isinstance(f, remote_sources.RemoteFile) for f in remote_files)
     local_files = ingest_lib.resolve_paths(str(local / "*"))
     stats = {}
     for name, files in (("remote", remote_files), ("local", local_files)):
@@ -146,7 +147,7 @@ def test_mirror_pushes_then_a_fresh_store_pulls(tmp_path, store, bucket) -> None
     url = f"s3://{bucket}/lab"
     first = remote.Mirror(tmp_path / "a", url, store)
     first.check()
-    assert json.loads((tmp_path / "a" / remote.MIRROR_FILE).read_text())["url"] == url
+    assert json.loads(Layout.at(tmp_path / "a").mirror_record.read_text())["url"] == url
     output = Layout.at(tmp_path / "a").corpus("c0ffee")
     _complete_output(output)
     assert first.sync(output) == "pushed"
@@ -199,19 +200,21 @@ def test_sync_pointer_pulls_the_index_and_the_output_it_names(tmp_path, store, b
     url = f"s3://{bucket}/lab"
     spec_a, spec_b = _spec(tmp_path, store, url, "a"), _spec(tmp_path, store, url, "b")
     layout_a, layout_b = Layout.at(spec_a.store), Layout.at(spec_b.store)
+    mirror_a = remote.open_mirror(spec_a.store, spec_a.storage)
+    mirror_b = remote.open_mirror(spec_b.store, spec_b.storage)
     index_a = layout_a.tokenizer_index("key1")
-    assert remote.sync_pointer(spec_a, index_a, layout_a.tokenizer) == "absent"
+    assert mirror_a.sync_pointer(index_a, layout_a.tokenizer) == "absent"
     _complete_output(layout_a.tokenizer("tok1"))
     write_json(index_a, {"tokenizer_id": "tok1"})
-    assert remote.sync_pointer(spec_a, index_a, layout_a.tokenizer) == "pushed"
+    assert mirror_a.sync_pointer(index_a, layout_a.tokenizer) == "pushed"
     index_b = layout_b.tokenizer_index("key1")
-    assert remote.sync_pointer(spec_b, index_b, layout_b.tokenizer) == "pulled"
+    assert mirror_b.sync_pointer(index_b, layout_b.tokenizer) == "pulled"
     assert json.loads(index_b.read_text()) == {"tokenizer_id": "tok1"}
     assert read_manifest(layout_b.tokenizer("tok1")) == {"rows": 3}
     local_only = spec_from_dict(
         {"store": str(tmp_path / "c"), "corpus": {"sources": [{"path": "x"}]}}
     )
-    assert remote.sync(local_only, tmp_path / "c" / "anything") == "local"
+    assert remote.open_mirror(local_only.store, local_only.storage) is None
 
 
 def test_mirror_datasets_cover_complete_outputs_only(tmp_path, store, bucket) -> None:
@@ -237,20 +240,20 @@ def test_unreachable_endpoint_fails_fast_naming_it(tmp_path) -> None:
     store = remote.ObjectStore(endpoint=f"http://127.0.0.1:{port}", timeout_s=2)
     started = time.perf_counter()
     with pytest.raises(remote.RemoteError) as error:
-        remote.resolve_url("s3://corpus/raw/*.jsonl.gz", store)
+        remote_sources.resolve_url("s3://corpus/raw/*.jsonl.gz", store)
     assert time.perf_counter() - started < 10
     message = str(error.value)
     assert f"127.0.0.1:{port}" in message and "server is running" in message
     spec = _spec(tmp_path, store, "s3://corpus/lab")
     with pytest.raises(remote.RemoteError, match=f"cannot reach endpoint http://127.0.0.1:{port}"):
-        remote.sync(spec, tmp_path / "store" / "corpus" / "x")
+        remote.open_mirror(spec.store, spec.storage)  # checked on opening: before any work
 
 
 def test_missing_bucket_is_named(store) -> None:
     with pytest.raises(remote.RemoteError, match="bucket 'no-such-bucket' does not exist"):
-        remote.resolve_url("s3://no-such-bucket/raw/a.txt", store)
+        remote_sources.resolve_url("s3://no-such-bucket/raw/a.txt", store)
     with pytest.raises(remote.RemoteError, match="no bucket in the URL"):
-        remote.resolve_url("s3:///raw/a.txt", store)
+        remote_sources.resolve_url("s3:///raw/a.txt", store)
 
 
 def test_wrong_credentials_name_the_variables_to_check() -> None:
@@ -258,7 +261,7 @@ def test_wrong_credentials_name_the_variables_to_check() -> None:
     with moto_s3.moto_server({"INITIAL_NO_AUTH_ACTION_COUNT": "0"}) as strict:
         store = remote.ObjectStore(endpoint=strict, timeout_s=5)
         with pytest.raises(remote.RemoteError) as error:
-            remote.resolve_url("s3://corpus/raw/a.txt", store)
+            remote_sources.resolve_url("s3://corpus/raw/a.txt", store)
     message = str(error.value)
     assert "refused the credentials" in message and "AWS_ACCESS_KEY_ID" in message
     assert strict.removeprefix("http://") in message
@@ -282,7 +285,7 @@ def test_a_file_url_mirror_works_like_a_bucket(tmp_path) -> None:
     target = Layout.at(tmp_path / "b").corpus("c1")
     assert remote.Mirror(tmp_path / "b", url).sync(target) == "pulled"
     assert read_manifest(target) == {"rows": 3}
-    found = remote.resolve_url(f"{url}/corpus/*/part-*.parquet", remote.ObjectStore())
+    found = remote_sources.resolve_url(f"{url}/corpus/*/part-*.parquet", remote.ObjectStore())
     assert [f.url for f in found] == [f"{url}/corpus/c1/part-00000.parquet"]
 
 

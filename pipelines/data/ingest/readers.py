@@ -37,7 +37,8 @@ from pipelines.data.ingest.records import (
     sample,
 )
 from pipelines.data.ingest.sources import open_source, strip_compression
-from storage.remote import RemoteError, RemoteFile
+from storage.remote import RemoteError
+from storage.remote_sources import RemoteFile
 
 BATCH_RECORDS = 8192  # record-by-record formats hand over batches of this size
 WIKI_BATCH_PAGES = 4  # an article costs ~1-50 ms of markup stripping: small batches stop a

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pretrainlab.config import PretrainlabError
-from storage.remote import RemoteFile
+from storage.remote_sources import RemoteFile
 
 CORPUS_SCHEMA = pa.schema(
     [

@@ -17,7 +17,8 @@ import zstandard
 
 from pipelines.data.ingest.records import BLOCK_BYTES, IngestError
 from storage.hashing import sha256_file
-from storage.remote import ObjectStore, RemoteError, RemoteFile, is_url, resolve_url
+from storage.remote import ObjectStore, RemoteError, is_url
+from storage.remote_sources import RemoteFile, resolve_url
 
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zstd")
 FORMAT_BY_SUFFIX = {

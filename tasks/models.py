@@ -1,0 +1,129 @@
+"""A model in the store: built under one MLflow run, registered, recorded in its manifest.
+
+Pretraining, domain adaptation and importing a user's checkpoint end the same way, so they share
+this: the model directory `models/<family>/<key>/` gets its weights in `model/` (written
+atomically), its MLflow run id in `work/run.json` (a killed run resumes that run and its
+checkpoints), and `_manifest.json` last, naming the registered version (a `ModelRef`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+from pretrainlab.config import PretrainlabError, Spec
+from storage import registry, tracking
+from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
+from storage.layout import MODEL_WEIGHTS, Layout
+from storage.registry import ModelRef
+from tasks.tracking import open_tracking
+
+INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
+Train = Callable[[str, Path, Path], dict[str, Any]]  # (run id, work dir, weights dir) -> summary
+
+
+class PretrainInterrupted(PretrainlabError, RuntimeError):
+    """Training stopped before its budget (a cancel): the checkpoint is kept for a resume."""
+
+
+def git_sha() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def model_hit(out: Path) -> ModelRef | None:
+    """The registered model a complete directory records, at its path in this store."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        return None
+    return ModelRef.from_dict(manifest, Layout.weights_of(out)).with_hit(True)
+
+
+def _resumed_run(out: Path) -> str | None:
+    try:
+        return json.loads(Layout.run_record_of(out).read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """How one model is recorded: its MLflow run, and the registered version it becomes."""
+
+    family: str  # the name it runs under in transfer (gpt, gpt+adapt, a checkpoint's name)
+    architecture: str
+    run_name: str
+    tags: dict[str, str]
+    registered_name: str
+    alias: str = registry.CANDIDATE
+    tokenizer_id: str | None = None
+    resumable: bool = True  # a killed run continues its MLflow run (and its checkpoints)
+    log_spec: bool = False
+    version_tags: Callable[[dict[str, Any]], dict[str, str]] = lambda summary: {}
+    lineage: dict[str, str] = field(default_factory=dict)  # extra manifest entries
+
+
+def _train_logged(spec: Spec, out: Path, plan: ModelRun, train: Train) -> tuple[str, dict]:
+    """Run `train` into `out/model` inside the model's MLflow run; log its summary and files."""
+    work, weights = Layout.work_of(out), Layout.weights_of(out)
+    open_tracking(spec)
+    resumed = None
+    if plan.resumable:
+        work.mkdir(parents=True, exist_ok=True)
+        resumed = _resumed_run(out)
+    with tracking.start_stage_run(spec.experiment, plan.run_name, plan.tags, run_id=resumed) as run:
+        if plan.resumable:
+            write_json(Layout.run_record_of(out), {"run_id": run.info.run_id})
+        if plan.log_spec and resumed is None:
+            tracking.log_spec(spec.model_dump(mode="json"))
+        with atomic_dir(weights) as model_tmp:
+            summary = train(run.info.run_id, work, model_tmp)
+            if summary.get("stopped_reason") in INTERRUPTED:
+                mlflow.end_run(status="KILLED")  # resumable: the next run continues this one
+                raise PretrainInterrupted(
+                    f"{plan.family}: stopped ({summary['stopped_reason']}) at its checkpoint in "
+                    f"{work}; re-run to resume"
+                )
+            write_manifest(model_tmp, {"family": plan.architecture})
+        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
+        if "learned_little" in summary:
+            mlflow.set_tag("learned_little", str(summary["learned_little"]).lower())
+        mlflow.log_artifacts(str(weights), artifact_path=MODEL_WEIGHTS)
+        return run.info.run_id, summary
+
+
+def build_model(spec: Spec, out: Path, plan: ModelRun, train: Train) -> ModelRef:
+    """Train (or resume, or import) into `out`, register the version, write the manifest last."""
+    run_id, summary = _train_logged(spec, out, plan, train)
+    version = registry.register(
+        plan.registered_name,
+        run_id,
+        MODEL_WEIGHTS,
+        tags={**plan.tags, **plan.version_tags(summary)},
+        alias=plan.alias,
+    )
+    ref = ModelRef(
+        family=plan.family,
+        architecture=plan.architecture,
+        registered_name=version.name,
+        version=version.version,
+        run_id=run_id,
+        model_key=out.name,
+        path=Layout.weights_of(out),
+        tokenizer_id=plan.tokenizer_id,
+        summary=summary,
+    )
+    write_manifest(out, {**ref.manifest(), **plan.lineage})
+    return ref

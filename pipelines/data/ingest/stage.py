@@ -19,7 +19,7 @@ from pipelines.data.ingest.records import (
 )
 from pipelines.data.ingest.sources import detect_format, file_size
 from pipelines.data.ingest.writer import CorpusWriter, RejectsWriter, rejects_file
-from storage.remote import RemoteFile
+from storage.remote_sources import RemoteFile
 
 PROGRESS_EVERY = 1000
 

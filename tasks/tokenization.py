@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 import pipelines.data.encoding as encoding_lib
+import pipelines.data.segmentation as segmentation_lib
 import pipelines.data.sentences as sentences_lib
 import pipelines.data.tokenizer_training as tokenizer_lib
 from pretrainlab.config import Spec
@@ -54,9 +55,16 @@ class TokenizerPlan:
 
 
 def _training_key(spec: Spec, name: str, corpus_id: str) -> str:
-    settings = getattr(spec.tokenizers, name).model_dump(mode="json")
+    """Corpus, settings, code, and the installed segmenter's version (another version may cut
+    the same text into other words)."""
+    settings = getattr(spec.tokenizers, name)
     return stable_hash(
-        {"corpus_id": corpus_id, "tokenizer": settings, "code": code_hash([tokenizer_lib])}
+        {
+            "corpus_id": corpus_id,
+            "tokenizer": settings.model_dump(mode="json"),
+            "segmenter": tokenizer_lib.spec_segmenter(settings),
+            "code": code_hash([tokenizer_lib, segmentation_lib]),
+        }
     )
 
 
@@ -88,7 +96,7 @@ def encoding_id(spec: Spec, corpus_id: str) -> str:
         {
             "corpus_id": corpus_id,
             "max_sentence_tokens": spec.tokenizers.max_sentence_tokens,
-            "code": code_hash([encoding_lib, sentences_lib, tokenizer_lib]),
+            "code": code_hash([encoding_lib, sentences_lib, tokenizer_lib, segmentation_lib]),
         }
     )
 
@@ -126,12 +134,13 @@ def train_tokenizer(spec: Spec, name: str, corpus_id: str) -> dict[str, Any]:
     trained = tokenizer_lib.train_tokenizer(
         settings, tokenizer_lib.iter_train_texts(layout.corpus(corpus_id))
     )
-    tokenizer_id = tokenizer_lib.tokenizer_id(trained)
+    segmenter = tokenizer_lib.spec_segmenter(settings)
+    tokenizer_id = tokenizer_lib.tokenizer_id(trained, segmenter)
     target = layout.tokenizer(tokenizer_id)
     _quarantine_if_corrupt(target)
     if not target.exists():
         with atomic_dir(target) as tmp:
-            tokenizer_lib.save_tokenizer(trained, tmp)
+            tokenizer_lib.save_tokenizer(trained, tmp, segmenter)
             write_manifest(
                 tmp,
                 {

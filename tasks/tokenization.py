@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 
 import pipelines.data.encoding as encoding_lib
+import pipelines.data.segmentation as segmentation_lib
 import pipelines.data.sentences as sentences_lib
 import pipelines.data.tokenizer_training as tokenizer_lib
 from pretrainlab.config import TOKENIZER_NAMES, TOKENIZER_OF_FAMILY, Spec
@@ -50,8 +51,15 @@ class TokenizerPlan:
 
 
 def _training_key(spec: Spec, name: str, corpus_id: str) -> str:
-    settings = getattr(spec.tokenizers, name).model_dump(mode="json")
-    return content_key({"corpus_id": corpus_id, "tokenizer": settings}, [tokenizer_lib])
+    """Corpus, settings, code, and the installed segmenter's version (another version may cut
+    the same text into other words)."""
+    settings = getattr(spec.tokenizers, name)
+    inputs = {
+        "corpus_id": corpus_id,
+        "tokenizer": settings.model_dump(mode="json"),
+        "segmenter": tokenizer_lib.spec_segmenter(settings),
+    }
+    return content_key(inputs, [tokenizer_lib, segmentation_lib])
 
 
 def _is_intact(directory: Path) -> bool:
@@ -81,7 +89,7 @@ def encoding_id(spec: Spec, corpus_id: str) -> str:
     """Identity of encoded shards under a tokenizer: corpus, cut length and the encoding code."""
     return content_key(
         {"corpus_id": corpus_id, "max_sentence_tokens": spec.tokenizers.max_sentence_tokens},
-        [encoding_lib, sentences_lib, tokenizer_lib],
+        [encoding_lib, sentences_lib, tokenizer_lib, segmentation_lib],
     )
 
 
@@ -118,12 +126,13 @@ def _train(spec: Spec, name: str, corpus_id: str, index: Path) -> dict[str, Any]
     trained = tokenizer_lib.train_tokenizer(
         settings, tokenizer_lib.iter_train_texts(layout.corpus(corpus_id))
     )
-    tokenizer_id = tokenizer_lib.tokenizer_id(trained)
+    segmenter = tokenizer_lib.spec_segmenter(settings)
+    tokenizer_id = tokenizer_lib.tokenizer_id(trained, segmenter)
     target = layout.tokenizer(tokenizer_id)
     _quarantine_if_corrupt(target)
     if not target.exists():
         with atomic_dir(target) as tmp:
-            tokenizer_lib.save_tokenizer(trained, tmp)
+            tokenizer_lib.save_tokenizer(trained, tmp, segmenter)
             write_manifest(
                 tmp,
                 {

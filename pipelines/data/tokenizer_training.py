@@ -5,7 +5,10 @@ Every special token a later stage needs is reserved here, at fixed low ids (the 
 `KINDS[kind].specials`): adding one later would change the vocabulary under a trained model.
 Training is not reproducible bit for bit, so a tokenizer's identity is the content of its
 `tokenizer.json`: `tokenizer_id = sha256(tokenizer.json)[:16]`, recorded next to the file and
-checked on every load, so a corrupt or edited file is never trusted.
+checked on every load, so a corrupt or edited file is never trusted. A word-level tokenizer
+that segments Chinese into words (`segment: jieba`) runs a Python segmenter that tokenizer.json
+cannot hold: the meta records it (`segmenter`), the id hashes it with the file (`content_id`),
+and every load attaches it again (`segmentation.attach`).
 
 Vocabulary size: `vocab_size` is an upper bound. A corpus too small to supply it yields a
 smaller vocabulary; that is not an error (a tiny demo corpus should still run) but it is
@@ -33,6 +36,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers.processors import ByteLevel as ByteLevelProcessor
 from tokenizers.processors import TemplateProcessing
 
+from pipelines.data import segmentation
 from pipelines.data.sentences import CJK_CHARS
 from pretrainlab.config import (
     KIND_OF_TOKENIZER,
@@ -43,7 +47,7 @@ from pretrainlab.config import (
     WordPieceSpec,
 )
 from storage.atomic import write_bytes, write_json
-from storage.hashing import SHORT, sha256_bytes, sha256_file
+from storage.hashing import SHORT, sha256_bytes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -213,15 +217,20 @@ def _bpe(spec: BPESpec) -> tuple[Tokenizer, trainers.Trainer]:
 
 def _wordlevel(spec: WordLevelSpec) -> tuple[Tokenizer, trainers.Trainer]:
     # BertPreTokenizer splits on whitespace and punctuation but keeps a run of CJK characters
-    # as one "word"; the Split before it isolates each CJK character first.
+    # as one "word"; the Split before it isolates each CJK character first. With a segmenter,
+    # BertPreTokenizer alone is saved and the segmenter cuts the runs into words before it.
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     steps = [normalizers.NFC(), *([normalizers.Lowercase()] if spec.lowercase else [])]
     tok.normalizer = normalizers.Sequence(steps)
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(f"[{CJK_CHARS}]"), behavior="isolated"),
-            pre_tokenizers.BertPreTokenizer(),
-        ]
+    tok.pre_tokenizer = (
+        pre_tokenizers.BertPreTokenizer()
+        if spec.segment != "none"
+        else pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(f"[{CJK_CHARS}]"), behavior="isolated"),
+                pre_tokenizers.BertPreTokenizer(),
+            ]
+        )
     )
     trainer = trainers.WordLevelTrainer(
         vocab_size=spec.vocab_size,
@@ -235,9 +244,17 @@ def _wordlevel(spec: WordLevelSpec) -> tuple[Tokenizer, trainers.Trainer]:
 _BUILDERS = {"wordpiece": _wordpiece, "bpe": _bpe, "wordlevel": _wordlevel}
 
 
+def spec_segmenter(spec: TokenizerSpec) -> str | None:
+    """The identity of the word segmenter `spec` asks for (None: no segmentation); pass it to
+    `tokenizer_id` and `save_tokenizer` with the tokenizer `train_tokenizer` returns."""
+    return segmentation.identity(getattr(spec, "segment", "none"))
+
+
 def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str]) -> Tokenizer:
     """Train the tokenizer `spec` asks for on `texts` (streamed: memory holds counts, not text).
 
+    Returns it as tokenizer.json holds it: a word segmenter (`spec_segmenter`) cuts the
+    training text but is detached again; `load_raw_tokenizer` attaches it after saving.
     Raises TokenizerError for an unknown kind, no texts at all, or a word-level vocabulary
     with no word reaching `min_count`. A vocabulary smaller than asked is only reported (see
     the module docstring and `vocab_stats`).
@@ -248,7 +265,10 @@ def train_tokenizer(spec: TokenizerSpec, texts: Iterable[str]) -> Tokenizer:
     if first is None:
         raise TokenizerError("no training texts: the train split is empty")
     tok, trainer = _BUILDERS[kind](spec)
+    saved_pre_tokenizer = tok.pre_tokenizer
+    segmentation.attach(tok, spec_segmenter(spec), f"the {kind} tokenizer being trained")
     tok.train_from_iterator(itertools.chain([first], stream), trainer=trainer)
+    tok.pre_tokenizer = saved_pre_tokenizer  # a Python segmenter cannot be serialized
     if kind == "wordpiece":
         tok.post_processor = TemplateProcessing(
             single="[CLS] $A [SEP]",
@@ -299,20 +319,29 @@ def tokenizer_json(tok: Tokenizer) -> bytes:
     return tok.to_str(pretty=True).encode("utf-8")
 
 
-def tokenizer_id(tok: Tokenizer) -> str:
+def content_id(data: bytes, segmenter: str | None = None) -> str:
+    """The id of tokenizer.json's bytes, cut after `segmenter` (None: none): the same file
+    behind another segmenter, or another version of it, is another tokenizer."""
+    if segmenter is not None:
+        data = data + b"\0segmenter=" + segmenter.encode("utf-8")
+    return sha256_bytes(data)[:SHORT]
+
+
+def tokenizer_id(tok: Tokenizer, segmenter: str | None = None) -> str:
     """The id `save_tokenizer` will return, known before writing (to name the directory)."""
-    return sha256_bytes(tokenizer_json(tok))[:SHORT]
+    return content_id(tokenizer_json(tok), segmenter)
 
 
-def save_tokenizer(tok: Tokenizer, directory: str | Path) -> str:
-    """Write tokenizer.json and its meta file (kind, specials, id) atomically; return the id.
+def save_tokenizer(tok: Tokenizer, directory: str | Path, segmenter: str | None = None) -> str:
+    """Write tokenizer.json and its meta file (kind, specials, segmenter, id) atomically;
+    return the id. `segmenter` is `spec_segmenter(spec)` of the spec it was trained from.
 
     The meta file is written last: a directory without it is incomplete and not loaded.
     """
     directory = Path(directory)
     kind = tokenizer_kind(tok)
     data = tokenizer_json(tok)
-    tid = sha256_bytes(data)[:SHORT]
+    tid = content_id(data, segmenter)
     write_bytes(directory / TOKENIZER_FILE, data)
     info = KINDS[kind]
     write_json(
@@ -324,17 +353,23 @@ def save_tokenizer(tok: Tokenizer, directory: str | Path) -> str:
             "special_tokens": info.roles,
             "special_ids": {t: tok.token_to_id(t) for t in info.specials},
             "unk_token": info.unk,
+            "segmenter": segmenter,
         },
     )
     return tid
 
 
 def tokenizer_fingerprint(directory: str | Path) -> str:
-    """The hash of a tokenizer directory's tokenizer.json: what it is, whatever it claims."""
+    """The hash of a tokenizer directory's tokenizer.json (with the segmenter its meta names):
+    what it is, whatever id it claims."""
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise TokenizerError(f"{path}: no tokenizer.json here (train the tokenizer first)")
-    return sha256_file(path)[:SHORT]
+    try:
+        segmenter = json.loads((Path(directory) / META_FILE).read_text("utf-8"))["segmenter"]
+    except (OSError, ValueError, KeyError, TypeError):
+        segmenter = None
+    return content_id(path.read_bytes(), segmenter)
 
 
 def _read_verified(directory: Path) -> tuple[bytes, dict[str, Any]]:
@@ -345,6 +380,9 @@ def _read_verified(directory: Path) -> tuple[bytes, dict[str, Any]]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         recorded = meta["tokenizer_id"]
         resolve_kind(meta["kind"])
+        segmenter = meta.get("segmenter")  # absent in tokenizers saved before segmentation
+        if segmenter is not None and not isinstance(segmenter, str):
+            raise TypeError(f"segmenter {segmenter!r} is not a string")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise TokenizerError(
             f"{meta_path}: missing or unreadable ({error}); the tokenizer in {directory} is "
@@ -357,7 +395,7 @@ def _read_verified(directory: Path) -> tuple[bytes, dict[str, Any]]:
         raise TokenizerError(
             f"{path}: unreadable ({error}); delete {directory} and re-run to retrain it"
         ) from None
-    actual = sha256_bytes(data)[:SHORT]
+    actual = content_id(data, segmenter)
     claimed = {recorded} | ({directory.name} if _ID_SHAPE.fullmatch(directory.name) else set())
     if claimed != {actual}:
         raise TokenizerError(
@@ -374,8 +412,14 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def load_raw_tokenizer(directory: str | Path) -> tuple[Tokenizer, dict[str, Any]]:
-    """The verified `tokenizers.Tokenizer` (fast batch encoding) and its meta; the object is
-    built from exactly the bytes that were verified."""
+    """The verified `tokenizers.Tokenizer` (fast batch encoding), its segmenter attached, and its
+    meta; the object is built from exactly the bytes that were verified."""
+    tok, meta = _load_saved(directory)
+    return segmentation.attach(tok, meta.get("segmenter"), str(directory)), meta
+
+
+def _load_saved(directory: str | Path) -> tuple[Tokenizer, dict[str, Any]]:
+    """The verified tokenizer as tokenizer.json holds it (no segmenter) and its meta."""
     data, meta = _read_verified(Path(directory))
     try:
         tok = Tokenizer.from_str(data.decode("utf-8"))
@@ -396,12 +440,14 @@ def load_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
     """
     from transformers import PreTrainedTokenizerFast
 
-    tok, meta = load_raw_tokenizer(directory)
-    return PreTrainedTokenizerFast(
+    tok, meta = _load_saved(directory)
+    wrapped = PreTrainedTokenizerFast(  # deep-copies `tok`: a Python segmenter cannot be copied
         tokenizer_object=tok,
         model_input_names=list(KINDS[meta["kind"]].model_inputs),
         **meta["special_tokens"],
     )
+    segmentation.attach(wrapped.backend_tokenizer, meta.get("segmenter"), str(directory))
+    return wrapped
 
 
 def check_same_tokenizer(expected_id: str, actual_id: str, what: str) -> None:

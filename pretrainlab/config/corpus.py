@@ -53,6 +53,9 @@ class WordLevelSpec(Strict):
     vocab_size: int = Field(30000, ge=8)
     min_count: int = Field(5, ge=1, description="Also word2vec's min_count: one knob, not two.")
     lowercase: bool = True
+    segment: Literal["none", "jieba"] = Field(
+        "none", description="none: one token per CJK character; jieba: Chinese words (rjieba)."
+    )
 
 
 TokenizerSpec = Annotated[WordPieceSpec | BPESpec | WordLevelSpec, Field(discriminator="kind")]

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pyarrow.parquet as pq
 import pytest
 
 from flows.pipeline import pipeline, plan
+from pipelines.data import segmentation
 from pipelines.data.tokenizer_training import load_tokenizer, read_meta
 from pretrainlab.config import spec_from_dict
 from storage import catalog
 from storage.layout import Layout
+from tasks.tokenization import plan_tokenizer
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -107,3 +110,33 @@ def test_corrupt_cached_tokenizer_is_never_trusted(tmp_path: Path) -> None:
     read_meta(layout.tokenizer(retrained["tokenizer_id"]))  # intact: hash matches its id
     (quarantined,) = (layout.store / "tokenizers").glob(f".corrupt-{first}-*")
     assert "<UNK>" in (quarantined / "tokenizer.json").read_text()
+
+
+def test_segmented_word_tokenizer_cuts_chinese_words_through_the_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """segment: jieba trains, records and encodes words; the segmenter and its version are part
+    of the training key, so neither the default nor another rjieba reuses the tokenizer."""
+    default = make_spec(tmp_path)
+    spec = make_spec(tmp_path, word={"vocab_size": 3000, "min_count": 2, "segment": "jieba"})
+    spec = spec.model_copy(
+        update={"pretrain": spec.pretrain.model_copy(update={"families": ["word2vec"]})}
+    )
+    assert {s.stage: s.cached for s in plan(spec, "tokenize")} == {
+        "ingest": False,
+        "tokenize/word": False,
+    }
+    result = pipeline(spec, until="tokenize")["tokenize"]
+    tokenizer_dir = Layout.at(spec.store).tokenizer(result["families"]["word"]["tokenizer_id"])
+    assert read_meta(tokenizer_dir)["segmenter"].startswith("jieba/rjieba==")
+    word = load_tokenizer(tokenizer_dir)
+    tokens = word.convert_ids_to_tokens(word("中文文本用于测试分词。")["input_ids"])
+    assert tokens == ["中文", "文本", "用于", "测试", "分词", "。"]
+    shards = pq.read_table(result["families"]["word"]["tokens"])
+    ids = {i for row in shards["ids"].to_pylist() for i in row}
+    assert word.convert_tokens_to_ids("测试") in ids  # the encoded corpus holds words
+    corpus_id = result["corpus_id"]
+    assert plan_tokenizer(spec, "word", corpus_id).cached
+    assert not plan_tokenizer(default, "word", corpus_id).cached
+    monkeypatch.setattr(segmentation.metadata, "version", lambda package: "0.9.9")
+    assert not plan_tokenizer(spec, "word", corpus_id).cached

@@ -25,7 +25,7 @@ from storage import registry, remote, tracking
 from storage.atomic import atomic_dir, exclusive, read_manifest, write_json, write_manifest
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
-from tasks import launch
+from tasks import launch, mlflow_model
 from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
 
@@ -169,20 +169,20 @@ def _pretrain_into(
                     f"{work}; re-run to resume"
                 )
             write_manifest(model_tmp, {"family": family})
-        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
         mlflow.set_tag("learned_little", str(summary["learned_little"]).lower())
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        version = mlflow_model.publish(
+            spec,
+            registry.registered_name(spec.experiment, family),
+            family,
+            out / MODEL_SUBDIR,
+            tags={
+                **tags,
+                "headline_metric": summary["headline_metric"],
+                "headline_value": f"{summary['headline_value']}",
+            },
+            metrics={k: v for k, v in summary.items() if k != "resumed_from"},
+        )
         run_id = run.info.run_id
-    version = registry.register(
-        registry.registered_name(spec.experiment, family),
-        run_id,
-        MODEL_SUBDIR,
-        tags={
-            **tags,
-            "headline_metric": summary["headline_metric"],
-            "headline_value": f"{summary['headline_value']}",
-        },
-    )
     manifest = {
         "family": family,
         "model_key": out.name,
@@ -283,15 +283,14 @@ def _adapt_into(spec: Spec, data: Any, name: str, parent: dict[str, Any],
                     f"{work}; re-run to resume"
                 )
             write_manifest(model_tmp, {"family": arch})
-        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        version = mlflow_model.publish(
+            spec, parent["registered_name"], arch, out / MODEL_SUBDIR,
+            tags={**tags, "valid_loss": f"{summary['valid_loss']}",
+                  "parent_valid_loss": f"{summary['parent_valid_loss']}"},
+            metrics={k: v for k, v in summary.items() if k != "resumed_from"},
+            alias=adapted_alias(data.name),
+        )
         run_id = run.info.run_id
-    version = registry.register(
-        parent["registered_name"], run_id, MODEL_SUBDIR,
-        tags={**tags, "valid_loss": f"{summary['valid_loss']}",
-              "parent_valid_loss": f"{summary['parent_valid_loss']}"},
-        alias=adapted_alias(data.name),
-    )
     manifest = {
         "family": f"{name}+adapt",
         "architecture": arch,

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.entities import Metric
@@ -32,6 +31,7 @@ from storage.atomic import atomic_dir, read_manifest, write_manifest, write_parq
 from storage.catalog import RESULT_SCHEMA
 from storage.hashing import code_hash, stable_hash
 from storage.layout import Layout
+from tasks import mlflow_model
 from tasks.pretrain import MODEL_SUBDIR, architecture, git_sha
 from tasks.progress import stage_logger
 from tasks.tracking import open_tracking
@@ -278,12 +278,11 @@ def register_checkpoint(spec: Spec, checkpoint: CheckpointSpec) -> dict[str, Any
         with atomic_dir(out / MODEL_SUBDIR) as model_tmp:
             summary = checkpoints_lib.import_checkpoint(info, model_tmp)
             write_manifest(model_tmp, {"family": info.architecture})
-        tracking.log_metrics_safe({"n_params": summary["n_params"],
-                                   "vocab_size": summary["vocab_size"]})
-        mlflow.log_artifacts(str(out / MODEL_SUBDIR), artifact_path=MODEL_SUBDIR)
+        version = mlflow_model.publish(
+            spec, registry.registered_name(spec.experiment, checkpoint.name), info.architecture,
+            out / MODEL_SUBDIR, tags=tags,
+            metrics={"n_params": summary["n_params"], "vocab_size": summary["vocab_size"]})
         run_id = run.info.run_id
-    version = registry.register(registry.registered_name(spec.experiment, checkpoint.name),
-                                run_id, MODEL_SUBDIR, tags=tags)
     manifest = {"family": checkpoint.name, "architecture": info.architecture,
                 "model_key": out.name, "model_dir": str(out / MODEL_SUBDIR), "run_id": run_id,
                 "registered_name": version.name, "version": version.version,

@@ -24,6 +24,7 @@ CHAMPION = "champion"
 WEIGHTS = "weights"  # the pyfunc artifact key of the saved model directory
 WEIGHTS_DIR = "model"  # that directory's name (MLflow keeps it), as the stages write it
 WEIGHTS_PATH = f"artifacts/{WEIGHTS_DIR}"  # ... and its place inside the logged model
+_LOGGED = re.compile(r"^models:/(?P<id>m-[0-9a-f]+)$")
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -40,10 +41,13 @@ class RegisteredModel:
     tags: dict[str, str]
     model_id: str | None = None  # the MLflow logged model (None: registered before they existed)
 
-    @property
     def weights_uri(self) -> str:
-        """Where the saved model directory lives: inside the logged model, or the old source."""
-        return f"{self.source}/{WEIGHTS_PATH}" if self.model_id else self.source
+        """Where the saved model directory lives: inside the logged model, or the old source.
+        (`models:/m-<id>/<path>` would ignore the path: go through the artifact location.)"""
+        if not self.model_id:
+            return self.source
+        location = MlflowClient().get_logged_model(self.model_id).artifact_location
+        return f"{location}/{WEIGHTS_PATH}"
 
 
 def registered_name(experiment: str, family: str) -> str:
@@ -106,13 +110,19 @@ def resolve(uri: str) -> RegisteredModel:
         version.run_id,
         version.source,
         dict(version.tags),
-        getattr(version, "model_id", None) or None,
+        _logged_model_id(version.source),
     )
+
+
+def _logged_model_id(source: str) -> str | None:
+    """`m-<id>` of a `models:/m-<id>` source (the SQLite store does not return model_id)."""
+    match = _LOGGED.match(source or "")
+    return match["id"] if match else None
 
 
 def download(model: RegisteredModel, destination: Path | None = None) -> Path:
     """The version's saved model directory on local disk (what `load_pretrained` reads), for
     versions of either kind; a no-op copy for local artifact stores."""
     target = None if destination is None else str(destination)
-    uri = model.weights_uri
+    uri = model.weights_uri()
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target))

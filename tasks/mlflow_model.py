@@ -206,5 +206,7 @@ def serve(ref: str, port: int, tracking_uri: str) -> subprocess.Popen:
     """Start the REST server (`POST /invocations`); the caller waits on or stops the process."""
     mlflow.set_tracking_uri(tracking_uri)
     command = serve_command(ref, port)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    bin_dir = str(Path(sys.executable).parent)  # mlflow execs `uvicorn` from PATH: ours first
+    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
     return subprocess.Popen(command, env=env)

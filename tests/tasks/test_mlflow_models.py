@@ -112,7 +112,7 @@ def test_the_card_is_the_description_and_matches_the_catalog(tracked: Spec) -> N
         if family != "word2vec":
             for key in ("valid_loss", "unigram_entropy"):
                 assert f"{latest[(version.run_id, key)]:.4f}" in card, key
-        readme = mlflow.artifacts.download_artifacts(f"models:/{version.model_id}/README.md")
+        readme = mlflow.artifacts.download_artifacts(f"{_uri(family)}/README.md")
         assert Path(readme).read_text(encoding="utf-8") == card
         logged = client.get_logged_model(version.model_id)  # the Models page's metrics
         assert {"tokens_seen", "flops"} <= {m.key for m in logged.metrics}
@@ -146,5 +146,6 @@ def test_models_serve_answers_a_rest_request(tracked: Spec) -> None:
                 time.sleep(1)
         assert np.asarray(answer["predictions"]).shape == (2, DIMS["bert"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the CLI, mlflow and its uvicorn worker
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the CLI, mlflow and its uvicorn worker
         server.wait(timeout=60)

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.transfer.embed import DEFAULTS, TextEmbedder
 from pretrainlab.config import PretrainlabError, Spec
-from storage import registry, tracking
+from storage import registry, tracking, versions
 from storage.atomic import read_manifest
 from storage.layout import Layout
 
@@ -64,8 +64,8 @@ def _number(value: Any, digits: int = 4) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:.{digits}f}"
 
 
-def _corpus_size(spec: Spec, corpus_id: str | None) -> str:
-    manifest = read_manifest(Layout.at(spec.store).corpus(corpus_id)) if corpus_id else None
+def _corpus_size(store: str | Path, corpus_id: str | None) -> str:
+    manifest = read_manifest(Layout.at(store).corpus(corpus_id)) if corpus_id else None
     stats = (manifest or {}).get("stats", {})
     docs, size = stats.get("docs_written"), stats.get("bytes_written")
     parts = [f"{docs:,} documents" if docs else "", f"{size / 1e6:,.1f} MB" if size else ""]
@@ -101,7 +101,7 @@ def _depth(n_blocks: int) -> str:
 
 
 def model_card(
-    spec: Spec, name: str, architecture: str, embedder: TextEmbedder,
+    experiment: str, store: str | Path, name: str, architecture: str, embedder: TextEmbedder,
     tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str = registry.CANDIDATE,
 ) -> str:
     """The version's description: what it is, what it was trained on, how well, how to use it."""
@@ -111,7 +111,7 @@ def model_card(
         ("architecture", f"{architecture}: {_depth(embedder.encoder.n_blocks)}, width "
                          f"{embedder.dim}, {_number(n_params)} parameters"),
         ("stage", tags.get("stage", "")),
-        ("corpus", f"`{tags['corpus_id']}` ({_corpus_size(spec, tags['corpus_id'])})"
+        ("corpus", f"`{tags['corpus_id']}` ({_corpus_size(store, tags['corpus_id'])})"
          if tags.get("corpus_id") else ""),
         ("tokenizer", f"`{tags['tokenizer_id']}`" if tags.get("tokenizer_id") else ""),
         ("parent", f"{name} v{tags['parent_version']} adapted on {tags.get('adapted_on')}"
@@ -125,7 +125,7 @@ def model_card(
     table = "\n".join(f"| {key} | {value} |" for key, value in rows if value)
     return f"""# {name}
 
-A {architecture} text encoder trained by pretrainlab (experiment `{spec.experiment}`).
+A {architecture} text encoder trained by pretrainlab (experiment `{experiment}`).
 
 | | |
 |---|---|
@@ -156,6 +156,14 @@ def publish(
 ) -> registry.RegisteredModel:
     """Log `model_dir` as an MLflow Model of the active run, log `metrics` against it (and the
     run), and register it as a new version of `name` described by its model card."""
+    where = (spec.experiment, spec.store)
+    return _publish(*where, name, architecture, model_dir, tags, metrics, alias)
+
+
+def _publish(
+    experiment: str, store: str | Path, name: str, architecture: str, model_dir: Path,
+    tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str,
+) -> registry.RegisteredModel:
     run = mlflow.active_run()
     if run is None or model_dir.name != registry.WEIGHTS_DIR:
         raise PretrainlabError(
@@ -163,7 +171,7 @@ def publish(
             f"named {registry.WEIGHTS_DIR!r} (got {model_dir})"
         )
     embedder = TextEmbedder.load(architecture, model_dir)  # also proves the directory loads
-    card = model_card(spec, name, architecture, embedder, tags, metrics, alias)
+    card = model_card(experiment, store, name, architecture, embedder, tags, metrics, alias)
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=str(PYFUNC_CODE),
@@ -184,7 +192,31 @@ def publish(
     )
 
 
+def republish(ref: str, store: str | Path) -> registry.RegisteredModel:
+    """A version registered before versions were MLflow Models (its source is the run's `model/`
+    directory) re-registered as one: a new version from the same files, with the run's metrics
+    and tags, logged in its own (reopened) run; its aliases move to the new version."""
+    old = registry.resolve(models_uri(ref))
+    if old.model_id:
+        return old
+    client = MlflowClient()
+    run = client.get_run(old.run_id)
+    experiment = client.get_experiment(run.info.experiment_id).name
+    aliases = client.get_model_version(old.name, old.version).aliases or [registry.CANDIDATE]
+    architecture = old.tags.get("architecture") or old.tags["family"]
+    with mlflow.start_run(run_id=old.run_id):
+        new = _publish(experiment, store, old.name, architecture, registry.download(old),
+                       old.tags, run.data.metrics, aliases[0])
+    for alias in aliases[1:]:
+        client.set_registered_model_alias(old.name, alias, new.version)
+    return new
+
+
 # ----------------------------------------------------------------------------- serve
+
+
+def models_uri(ref: str) -> str:
+    return ref if ref.startswith("models:/") else f"models:/{ref}"
 
 
 def free_port() -> int:
@@ -196,8 +228,13 @@ def free_port() -> int:
 def serve_command(ref: str, port: int) -> list[str]:
     """`mlflow models serve` for `NAME@alias` (or a models:/ URI) on the loopback interface,
     in this environment (`--env-manager local`: nothing is installed, it works offline)."""
-    uri = ref if ref.startswith("models:/") else f"models:/{ref}"
-    registry.resolve(uri)  # a clear error (with the registered names) before starting a server
+    uri = models_uri(ref)
+    if not registry.resolve(uri).model_id:  # (resolve names the registered models when unknown)
+        raise PretrainlabError(
+            f"{ref} was registered before versions were MLflow Models (its source is a run "
+            f"directory): re-register it once with `python -m tasks.mlflow_model republish {ref} "
+            "--store STORE`, then serve it"
+        )
     return [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
             "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
 
@@ -210,3 +247,17 @@ def serve(ref: str, port: int, tracking_uri: str) -> subprocess.Popen:
     path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
     return subprocess.Popen(command, env=env)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m tasks.mlflow_model republish NAME@alias [--store STORE]` (see `republish`)."""
+    if len(argv) not in (2, 4) or argv[0] != "republish" or argv[2:3] not in ([], ["--store"]):
+        raise SystemExit("usage: python -m tasks.mlflow_model republish NAME@alias [--store DIR]")
+    store = Path(argv[3] if len(argv) == 4 else ".pretrainlab")
+    mlflow.set_tracking_uri(versions.tracking_for(store, None))  # $MLFLOW_TRACKING_URI or store's
+    new = republish(argv[1], store)
+    print(f"{new.name} v{new.version}: an MLflow Model ({new.source})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -209,10 +209,14 @@ def log_spec(spec_dict: Mapping[str, Any], artifact_file: str = "spec.yaml") -> 
 
 
 def log_metrics_safe(
-    metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None
+    metrics: Mapping[str, Any],
+    step: int | None = None,
+    run_id: str | None = None,
+    model_id: str | None = None,
 ) -> dict[str, float]:
     """Log only the finite numbers of `metrics` on the active run (or on `run_id`, from a process
-    that must not reopen the run, e.g. a torchrun rank); returns what was logged.
+    that must not reopen the run, e.g. a torchrun rank), and against the logged model `model_id`
+    when given; returns what was logged.
 
     NaN/inf (a diverged loss) and non-numbers (None, strings, flags) are skipped instead of
     failing the stage; numpy and 0-d torch scalars are accepted.
@@ -223,7 +227,7 @@ def log_metrics_safe(
         if number is not None and math.isfinite(number):
             clean[_BAD_PARAM_CHARS.sub("_", str(key))] = number
     if clean:
-        mlflow.log_metrics(clean, step=step, run_id=run_id)
+        mlflow.log_metrics(clean, step=step, run_id=run_id, model_id=model_id)
     return clean
 
 

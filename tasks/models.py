@@ -20,8 +20,9 @@ import mlflow
 from pretrainlab.config import PretrainlabError, Spec
 from storage import registry, tracking
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
-from storage.layout import MODEL_WEIGHTS, Layout
+from storage.layout import Layout
 from storage.registry import ModelRef
+from tasks import mlflow_model
 from tasks.tracking import open_tracking
 
 INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
@@ -75,8 +76,11 @@ class ModelRun:
     lineage: dict[str, str] = field(default_factory=dict)  # extra manifest entries
 
 
-def _train_logged(spec: Spec, out: Path, plan: ModelRun, train: Train) -> tuple[str, dict]:
-    """Run `train` into `out/model` inside the model's MLflow run; log its summary and files."""
+def _train_logged(
+    spec: Spec, out: Path, plan: ModelRun, train: Train
+) -> tuple[str, dict, registry.RegisteredModel]:
+    """Run `train` into `out/model` inside the model's MLflow run; publish it as an MLflow
+    Model (weights logged once, metrics on the model, the card as its description)."""
     work, weights = Layout.work_of(out), Layout.weights_of(out)
     open_tracking(spec)
     resumed = None
@@ -97,23 +101,23 @@ def _train_logged(spec: Spec, out: Path, plan: ModelRun, train: Train) -> tuple[
                     f"{work}; re-run to resume"
                 )
             write_manifest(model_tmp, {"family": plan.architecture})
-        tracking.log_metrics_safe({k: v for k, v in summary.items() if k != "resumed_from"})
         if "learned_little" in summary:
             mlflow.set_tag("learned_little", str(summary["learned_little"]).lower())
-        mlflow.log_artifacts(str(weights), artifact_path=MODEL_WEIGHTS)
-        return run.info.run_id, summary
+        version = mlflow_model.publish(
+            spec,
+            plan.registered_name,
+            plan.architecture,
+            weights,
+            tags={**plan.tags, **plan.version_tags(summary)},
+            metrics={k: v for k, v in summary.items() if k != "resumed_from"},
+            alias=plan.alias,
+        )
+        return run.info.run_id, summary, version
 
 
 def build_model(spec: Spec, out: Path, plan: ModelRun, train: Train) -> ModelRef:
     """Train (or resume, or import) into `out`, register the version, write the manifest last."""
-    run_id, summary = _train_logged(spec, out, plan, train)
-    version = registry.register(
-        plan.registered_name,
-        run_id,
-        MODEL_WEIGHTS,
-        tags={**plan.tags, **plan.version_tags(summary)},
-        alias=plan.alias,
-    )
+    run_id, summary, version = _train_logged(spec, out, plan, train)
     ref = ModelRef(
         family=plan.family,
         architecture=plan.architecture,

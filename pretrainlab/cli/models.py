@@ -25,7 +25,7 @@ from pretrainlab.cli.common import (
 from pretrainlab.config import PretrainlabError
 
 models_app = typer.Typer(
-    help="Registered model versions: list, compare side by side, promote to champion.",
+    help="Registered model versions: list, compare, promote to champion, serve over REST.",
     no_args_is_help=True,
 )
 LIST_EXTRA = ("valid_ppl", "tokens_per_s")
@@ -196,6 +196,40 @@ def models_promote(
         sys.stdout.write(json.dumps(record, indent=1) + "\n")
         return
     _print_decision(decision, dry_run)
+
+
+@models_app.command("serve")
+def models_serve(
+    ref: Annotated[str, typer.Argument(help="NAME@alias or NAME/N, e.g. demo-bert@candidate.")],
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")] = (
+        None
+    ),
+    spec_path: SpecOption = None,
+    store: StoreOption = Path(".pretrainlab"),
+) -> None:
+    """Serve a registered version over REST on 127.0.0.1 until Ctrl-C (`mlflow models serve`,
+    this environment): POST {"inputs": ["a sentence", ...]} to /invocations for embeddings.
+
+    Examples:
+
+      pretrainlab models serve demo-bert@candidate --port 5001
+    """
+    from storage import versions
+    from tasks import mlflow_model
+
+    store, uri = store_and_uri(spec_path, store)
+    port = port or mlflow_model.free_port()
+    try:
+        server = mlflow_model.serve(ref, port, versions.tracking_for(store, uri))
+    except PretrainlabError as error:
+        fail(error)
+    address = f"http://{mlflow_model.LOOPBACK}:{port}/invocations"
+    out.print(f"serving {ref} at {address}", highlight=False)
+    try:
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        server.terminate()
+        raise typer.Exit(server.wait()) from None
 
 
 def _print_decision(decision, dry_run: bool) -> None:

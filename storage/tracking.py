@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from pretrainlab.config import PretrainlabError
+from storage.mlflow_runs import sqlite_path
 
 MASK = "***"
 TRUNCATED = "...[truncated]"
@@ -77,14 +78,6 @@ def configure(tracking_uri: str, artifact_root: Path) -> None:
     artifact_root.mkdir(parents=True, exist_ok=True)
     _configured_artifact_root = artifact_root
     mlflow.set_tracking_uri(tracking_uri)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///…` URI (SQLAlchemy form), None for other schemes."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = urllib.parse.unquote(uri[len("sqlite:///") :].split("?", 1)[0])
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _is_http(uri: str) -> bool:
@@ -359,3 +352,4 @@ def _check_writable(uri: str, target: Path) -> None:
             f"tracking URI {redact(uri)!r}: cannot create {target.parent} ({ancestor} is not a "
             "writable directory); choose another tracking.uri or store"
         )
+

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipelines.data.task_data import task_files
 from pretrainlab.config import Spec
+from storage import mlflow_runs
 from storage.atomic import is_complete, write_json
 from storage.hashing import sha256_file, source_tree_hash, stable_hash
 from storage.layout import Layout
@@ -62,7 +63,13 @@ def upstream(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any]) ->
         return results["tokenize"]["families"]
     if stage == "transfer":
         return results["pretrain"]["families"]
-    return {"models": results["pretrain"]["families"], "results": result_files(spec)}
+    return {
+        "models": results["pretrain"]["families"],
+        "results": [_state(path) for path in result_files(spec)],
+        # Runs deleted, restored or added in MLflow outside a pipeline run change what the
+        # catalog (and so the report) holds: the report is rebuilt when they change.
+        "runs": stable_hash(mlflow_runs.experiment_runs(spec.tracking_uri(), spec.experiment)),
+    }
 
 
 def stage_key(spec: Spec, stage: str, upstream: Any) -> str:

@@ -83,3 +83,27 @@ def test_missing_or_corrupt_stamp_is_a_miss(done) -> None:
     path = Path(spec.store) / "stamps" / "tokenize-stamps.json"
     path.write_text("{half", encoding="utf-8")
     assert stamps.cached_stage(spec, "tokenize", key) is None
+
+
+def test_report_key_sees_runs_deleted_in_mlflow_outside_a_run(tmp_path: Path) -> None:
+    """Soft-deleting a run in MLflow changes what the catalog (and so the report) holds: the
+    report stage's key must change with it, and a transfer sub-experiment's runs count too."""
+    import mlflow
+
+    spec = make_spec(tmp_path)
+    (tmp_path / "store").mkdir()
+    client = mlflow.MlflowClient(spec.tracking_uri())
+    other = client.create_experiment("stamps-other/transfer/mine")  # another experiment: ignored
+    transfer = client.create_experiment("stamps/transfer/mine")
+    kept = client.create_run(transfer).info.run_id
+    client.create_run(other)
+    results = {"pretrain": {"families": {}}}
+
+    def key() -> str:
+        return stamps.stage_key(spec, "report", stamps.upstream(spec, "report", "c", results))
+
+    before = key()
+    client.create_run(other)
+    assert key() == before
+    client.delete_run(kept)
+    assert key() != before

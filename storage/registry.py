@@ -78,6 +78,7 @@ class ModelRef:
     model_key: str  # the content key of its store directory
     path: Path  # weights + tokenizer/ (models/<family>/<model_key>/model)
     tokenizer_id: str | None = None  # None for an imported checkpoint's own tokenizer
+    model_id: str | None = None  # its MLflow logged model (None: registered before they existed)
     summary: Mapping[str, Any] = field(default_factory=dict, compare=False)
     cache_hit: bool = field(default=False, compare=False)
 
@@ -108,6 +109,7 @@ class ModelRef:
             model_key=data["model_key"],
             path=Path(path if path is not None else data["model_dir"]),
             tokenizer_id=data.get("tokenizer_id"),
+            model_id=data.get("model_id"),
             summary=dict(data.get("summary") or {}),
             cache_hit=bool(data.get("cache_hit", False)),
         )

@@ -127,6 +127,7 @@ def build_model(spec: Spec, out: Path, plan: ModelRun, train: Train) -> ModelRef
         model_key=out.name,
         path=Layout.weights_of(out),
         tokenizer_id=plan.tokenizer_id,
+        model_id=version.model_id,
         summary=summary,
     )
     write_manifest(out, {**ref.manifest(), **plan.lineage})

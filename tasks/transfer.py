@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelInput, Metric
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -80,15 +80,19 @@ def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
         now = int(time.time() * 1000)
         metrics = [Metric(name, float(value), now, step) for name, value, step in points
                    if value is not None and math.isfinite(value)]
-        MlflowClient().log_batch(run.info.run_id, metrics=metrics)
+        client = MlflowClient()
+        client.log_batch(run.info.run_id, metrics=metrics)
+        if tags.get("model_id"):  # the MLflow Model this run evaluated (its Models page lists it)
+            client.log_inputs(run.info.run_id, models=[LoggedModelInput(tags["model_id"])])
         run_id = run.info.run_id
     write_parquet(path, _rows({"run_id": run_id, **base}, items))
     return {"cache_hit": False, "rows": len(items), "run_id": run_id}
 
 
 def _model_tags(model: ModelRef) -> dict[str, str]:
-    return {"pretrain_run_id": model.run_id, "model_version": model.version,
+    tags = {"pretrain_run_id": model.run_id, "model_version": model.version,
             "registered_name": model.registered_name}
+    return {**tags, "model_id": model.model_id} if model.model_id else tags
 
 
 @task(name="load-task", task_run_name="load-task/{task_spec.name}", cache_policy=NO_CACHE)

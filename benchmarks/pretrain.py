@@ -101,7 +101,8 @@ ROWS: list[Row] = [
 
 
 def elmo_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str) -> Setup:
-    from pipelines.models.elmo import ELMo, ELMoObjective, config_from_spec
+    from pipelines.models.elmo import ELMo, config_from_spec
+    from pipelines.models.elmo_data import ELMoObjective
     from pretrainlab.config import ELMoSpec
 
     loop = LoopSpec(batch_size=64 if preset == "gpu" else 16, warmup_steps=5, max_steps=10**6)
@@ -132,7 +133,8 @@ def bert_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str
     objective's loss); the full-vocabulary head is ~2-3x slower on CPU (see
     pipelines/models/bert.py)."""
     from pipelines.data.tokenizer_training import load_tokenizer
-    from pipelines.models.bert import BERTObjective, BertVocab, build_bert
+    from pipelines.models.bert import build_bert
+    from pipelines.models.bert_data import BERTObjective, BertVocab
     from pretrainlab.config import BERTSpec
 
     if preset == "gpu":  # BERT-base at the paper's phase-1 length
@@ -169,7 +171,8 @@ def word2vec_row(workdir: Path, megabytes: float, rounds: int, sg: bool = True) 
     """
     from gensim.models import Word2Vec
 
-    from pipelines.models.word2vec import ShardSentences, train_word2vec_on_shards, word_vocab
+    from pipelines.models.word2vec import train_word2vec_on_shards
+    from pipelines.models.word2vec_vocab import ShardSentences, word_vocab
     from pretrainlab.config import Word2VecSpec
 
     tokens_dir, tokenizer_dir = prepare_tokens("wordlevel", workdir, megabytes)

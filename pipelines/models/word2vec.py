@@ -1,12 +1,9 @@
 """word2vec (Mikolov et al. 2013) with gensim: skip-gram or CBOW, negative sampling.
 
-What this module adds around gensim, top to bottom:
+What this module adds around gensim, top to bottom (the sentences it trains on and the
+per-token vectors it gives transfer, both in the tokenizer's ids, are in `word2vec_vocab.py`):
 
-1. Sentences streamed from the word-level token shards (`ShardSentences`): ids are mapped back
-   to the tokenizer's own token strings, so word2vec and ELMo share one vocabulary; special
-   tokens and `<unk>` are dropped (a word the tokenizer did not keep is rare, and gensim drops
-   rare words before windowing too). `min_count` is the tokenizer's: one knob, not two.
-2. A correct per-epoch loss. gensim's `get_latest_training_loss()` has three known quirks:
+1. A correct per-epoch loss. gensim's `get_latest_training_loss()` has three known quirks:
    it is cumulative over a `train()` call; it is tallied in float32, so large sums stop
    growing (gensim #2735: stuck at 134217728 = 2**27); and each worker thread reads the shared
    tally at the start of a job and writes it back at the end, so concurrent jobs overwrite each
@@ -15,19 +12,17 @@ What this module adds around gensim, top to bottom:
    `TallyingWord2Vec` gives every job a private tally (a view of the model) and adds it to a
    float64 epoch total under a lock; the `EpochLoss` callback resets it at each epoch start
    and records it at the end. Same training maths: only the bookkeeping differs.
-3. Resume at epoch boundaries. Each epoch is one `train(epochs=1, start_alpha, end_alpha)`
+2. Resume at epoch boundaries. Each epoch is one `train(epochs=1, start_alpha, end_alpha)`
    call with the linear decay from `alpha_at`, which gives exactly the rates one multi-epoch
    call would use. After each epoch a checkpoint holds vectors, output weights, vocabulary
    counts and the RNG state as .npy/JSON (no pickle: gensim's own `save` pickles the model);
    a restart rebuilds the model from it and continues with the next epoch. With workers=1 the
    result is bit-identical to an uninterrupted run (job order and RNG draws are fixed); with
    more workers, thread scheduling makes any two gensim runs differ anyway.
-4. A held-out loss on the valid split (`word2vec_eval`, which also holds the intrinsic sets).
-5. Saving as word2vec binary + a `word count` vocabulary file (`save_vectors`). Not
+3. A held-out loss on the valid split (`word2vec_eval`, which also holds the intrinsic sets).
+4. Saving as word2vec binary + a `word count` vocabulary file (`save_vectors`). Not
    `KeyedVectors.save`: that pickles, and loading a pickle runs whatever code it names; the
    word2vec format is plain data that any tool reads.
-6. Per-token representations for transfer (`aligned_vectors`, `word2vec_layer_states`): one
-   static layer, the vector of each token id (zeros for tokens word2vec has no vector for).
 """
 
 from __future__ import annotations
@@ -37,98 +32,27 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import torch
 from gensim.models import KeyedVectors, Word2Vec
 from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import train_batch_cbow, train_batch_sg
 
-from pipelines.data.encoding import token_parts
-from pipelines.data.tokenizer_training import load_raw_tokenizer
 from pipelines.models.word2vec_eval import valid_loss_per_word
-from pretrainlab.config import PretrainlabError, Word2VecSpec
+from pipelines.models.word2vec_vocab import ShardSentences, Word2VecError, word_vocab
+from pretrainlab.config import Word2VecSpec
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_json, write_manifest
 
 ALPHA, MIN_ALPHA = 0.025, 0.0001  # gensim's default learning-rate schedule (linear decay)
-READ_ROWS = 16_384  # Parquet rows per read while streaming sentences
 VECTORS_FILE, VOCAB_FILE, META_FILE = "vectors.bin", "vocab.txt", "word2vec.json"
 FORMAT = "pretrainlab-word2vec"
 CHECKPOINT_FORMAT = "pretrainlab-word2vec-checkpoint-v1"
 
 LogFn = Callable[[dict[str, float], int], None]
-
-
-class Word2VecError(PretrainlabError, ValueError):
-    """Input word2vec cannot use (bad shards, foreign checkpoint, unsaveable vocabulary)."""
-
-
-# ----------------------------------------------------------------------------- sentences
-
-
-def word_vocab(tokenizer_dir: str | Path) -> tuple[list[str], frozenset[int]]:
-    """The word-level tokenizer's tokens by id, and the ids of its special tokens."""
-    tok, meta = load_raw_tokenizer(tokenizer_dir)
-    if meta["kind"] != "wordlevel":
-        raise Word2VecError(
-            f"{tokenizer_dir}: a {meta['kind']} tokenizer; word2vec uses the word-level one"
-        )
-    by_id = {i: token for token, i in tok.get_vocab(with_added_tokens=True).items()}
-    vocab = [by_id[i] for i in range(len(by_id))]
-    return vocab, frozenset(int(i) for i in meta["special_ids"].values())
-
-
-class ShardSentences:
-    """The split's sentences as lists of token strings, re-read from the shards on every pass.
-
-    Restartable (gensim iterates once for the vocabulary, then once per epoch) and bounded in
-    memory: a pass holds one record batch at a time.
-    """
-
-    def __init__(
-        self,
-        tokens_dir: str | Path,
-        vocab: list[str],
-        drop_ids: Iterable[int] = (),
-        split: str = "train",
-    ) -> None:
-        self.files = token_parts(tokens_dir)
-        self.split = split
-        self.words = np.asarray(vocab, dtype=object)
-        self.keep = np.ones(len(vocab), dtype=bool)
-        self.keep[list(drop_ids)] = False
-
-    def __iter__(self) -> Iterator[list[str]]:
-        for path in self.files:
-            reader = pq.ParquetFile(path)
-            for batch in reader.iter_batches(batch_size=READ_ROWS, columns=["ids", "split"]):
-                batch = batch.filter(pc.equal(batch.column("split"), self.split))
-                yield from self._sentences(batch.column("ids"), path)
-
-    def _sentences(self, column: pa.Array, path: Path) -> Iterator[list[str]]:
-        flat = column.flatten().to_numpy(zero_copy_only=False)
-        if len(flat) and int(flat.max()) >= len(self.words):
-            raise Word2VecError(
-                f"{path}: token id {int(flat.max())} is outside the tokenizer's vocabulary of "
-                f"{len(self.words)}: these shards were encoded with another tokenizer"
-            )
-        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
-        owner = np.repeat(np.arange(len(lengths)), lengths)  # sentence of each token
-        kept = self.keep[flat]
-        words = self.words[flat[kept]].tolist()
-        ends = np.cumsum(np.bincount(owner[kept], minlength=len(lengths))).tolist()
-        start = 0
-        for end in ends:
-            if end > start:
-                yield words[start:end]
-            start = end
 
 
 # ----------------------------------------------------------------------------- a correct loss
@@ -508,27 +432,3 @@ def load_vectors(directory: str | Path) -> KeyedVectors:
     if (len(kv), kv.vector_size) != (summary["vocab_size"], summary["vector_size"]):
         raise Word2VecError(f"{directory}: vectors do not match {META_FILE}; save them again")
     return kv
-
-
-# ----------------------------------------------------------------------------- representations
-
-
-def aligned_vectors(kv: KeyedVectors, vocab: list[str]) -> torch.Tensor:
-    """(len(vocab), vector_size): row i is the vector of tokenizer id i, zeros when word2vec
-    has none (special tokens, `<unk>`, words under min_count). Ready for nn.Embedding."""
-    table = torch.zeros(len(vocab), kv.vector_size)
-    rows = [(i, kv.key_to_index[w]) for i, w in enumerate(vocab) if w in kv.key_to_index]
-    if rows:
-        ids, index = zip(*rows, strict=True)
-        table[list(ids)] = torch.from_numpy(np.asarray(kv.vectors[list(index)], dtype=np.float32))
-    return table
-
-
-def word2vec_layer_states(
-    table: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None
-) -> list[torch.Tensor]:
-    """One layer: the static vector of every token, (B, T, vector_size); zeros at padding."""
-    states = torch.nn.functional.embedding(ids, table.to(ids.device))
-    if mask is not None:
-        states = states * mask.unsqueeze(-1).to(states.dtype)
-    return [states]

@@ -27,7 +27,9 @@ import pyarrow as pa
 import torch
 
 import pipelines.models.bert as bert
+import pipelines.models.bert_data as bert_data
 import pipelines.models.elmo as elmo
+import pipelines.models.elmo_data as elmo_data
 import pipelines.models.gpt as gpt
 import pipelines.training.loop as training
 import pipelines.training.pretraining as pretraining
@@ -190,10 +192,10 @@ def _objective(spec: Spec, job: AdaptJob, model: Any, tokenizer: Any, loop: Loop
                 ),
             }
         )
-        vocab = bert.BertVocab.from_tokenizer(tokenizer)
-        return bert.BERTObjective(tokens, settings, vocab, loop.seed, cache_dir=cache)
+        vocab = bert_data.BertVocab.from_tokenizer(tokenizer)
+        return bert_data.BERTObjective(tokens, settings, vocab, loop.seed, cache_dir=cache)
     settings = spec.pretrain.elmo.model_copy(update={"loop": loop})
-    return elmo.ELMoObjective(
+    return elmo_data.ELMoObjective(
         tokens,
         settings,
         tokenizer.pad_token_id,

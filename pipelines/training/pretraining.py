@@ -1,6 +1,6 @@
 """One interface over the four families: pretrain from token shards, save, load.
 
-Each family keeps its own module (word2vec.py, elmo.py, gpt.py, bert.py); this file only
+Each family keeps its own modules (word2vec*.py, elmo*.py, gpt.py, bert*.py); this file only
 wires them to the spec and says, for every language model, whether it learned anything beyond
 word frequencies: its valid loss next to the unigram entropy of the same tokens.
 """
@@ -15,11 +15,14 @@ from typing import Any
 
 import pipelines.data.lm_data as lm_data
 import pipelines.models.bert as bert
+import pipelines.models.bert_data as bert_data
 import pipelines.models.elmo as elmo
+import pipelines.models.elmo_data as elmo_data
 import pipelines.models.gpt as gpt
 import pipelines.models.masking as masking
 import pipelines.models.word2vec as word2vec
 import pipelines.models.word2vec_eval as word2vec_eval
+import pipelines.models.word2vec_vocab as word2vec_vocab
 import pipelines.training.loop as training
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
@@ -27,10 +30,10 @@ from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 # The code that computes each family's weights: editing any of it invalidates cached models.
 CODE: dict[str, list[ModuleType]] = per_family(
     {
-        "word2vec": [word2vec, word2vec_eval],
-        "elmo": [elmo, training, lm_data],
+        "word2vec": [word2vec, word2vec_vocab, word2vec_eval],
+        "elmo": [elmo, elmo_data, training, lm_data],
         "gpt": [gpt, training, lm_data],
-        "bert": [bert, masking, training, lm_data],
+        "bert": [bert, bert_data, masking, training, lm_data],
     },
     "pretraining.CODE",
 )
@@ -111,10 +114,10 @@ def _gpt(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> 
 
 
 def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
-    vocab = bert.BertVocab.from_tokenizer(load_tokenizer(job.tokenizer_dir))
+    vocab = bert_data.BertVocab.from_tokenizer(load_tokenizer(job.tokenizer_dir))
     loop = spec.pretrain.bert.loop
     model = bert.build_bert(spec.pretrain.bert, vocab.size, vocab.pad_id)
-    objective = bert.BERTObjective(
+    objective = bert_data.BERTObjective(
         job.tokens_dir, spec.pretrain.bert, vocab, loop.seed, cache_dir=job.work_dir / "data"
     )
     latest: dict[str, float] = {}
@@ -145,7 +148,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     loop = spec.pretrain.elmo.loop
     specials = {"pad": tok.pad_token_id, "bos": tok.bos_token_id, "eos": tok.eos_token_id}
     model = elmo.build_elmo(spec.pretrain.elmo, len(tok), tok.pad_token_id, specials)
-    objective = elmo.ELMoObjective(
+    objective = elmo_data.ELMoObjective(
         job.tokens_dir,
         spec.pretrain.elmo,
         tok.pad_token_id,

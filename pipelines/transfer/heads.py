@@ -34,7 +34,7 @@ from pipelines.models.elmo import ELMo, elmo_layer_states
 from pipelines.models.gpt import gpt_layer_states
 from pipelines.models.saved import load_pretrained
 from pipelines.models.scalar_mix import ScalarMix
-from pipelines.models.word2vec import aligned_vectors, word2vec_layer_states, word_vocab
+from pipelines.models.word2vec_vocab import aligned_vectors, word2vec_layer_states, word_vocab
 from pretrainlab.config import PretrainlabError
 
 if TYPE_CHECKING:

@@ -26,21 +26,17 @@ from pipelines.data.tokenizer_training import (
     save_tokenizer,
     train_tokenizer,
 )
-from pipelines.models.bert import (
+from pipelines.models.bert import BertError, bert_layer_states, build_bert, load_bert, save_bert
+from pipelines.models.bert_data import (
     IS_NEXT,
     NOT_NEXT,
-    BertError,
     BERTObjective,
     BertVocab,
     Pair,
     PairSampler,
-    bert_layer_states,
-    build_bert,
     encode_pair,
     full_mlm_labels,
-    load_bert,
     max_predictions,
-    save_bert,
 )
 from pipelines.models.masking import IGNORE_INDEX
 from pipelines.training.loop import train
@@ -479,7 +475,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import torch
 import torch.distributed as dist
-from pipelines.models.bert import BERTObjective, BertVocab, build_bert
+from pipelines.models.bert import build_bert
+from pipelines.models.bert_data import BERTObjective, BertVocab
 from pipelines.data.tokenizer_training import load_tokenizer
 from pipelines.training.loop import init_distributed, train
 from pretrainlab.config import BERTSpec

@@ -28,12 +28,12 @@ from pipelines.models.elmo import (
     ELMo,
     ELMoConfig,
     ELMoError,
-    ELMoObjective,
     config_from_spec,
     elmo_layer_states,
     load_elmo,
     save_elmo,
 )
+from pipelines.models.elmo_data import ELMoObjective
 from pipelines.training.loop import checkpoint_path, load_checkpoint, train
 from pretrainlab.config import ELMoSpec, LoopSpec, WordLevelSpec
 
@@ -372,7 +372,8 @@ def test_two_process_ddp_run_finishes_and_checkpoints(corpus: dict, tmp_path: Pa
             f"""
             import json, sys
             import torch, torch.distributed as dist
-            from pipelines.models.elmo import ELMo, ELMoObjective, config_from_spec
+            from pipelines.models.elmo import ELMo, config_from_spec
+            from pipelines.models.elmo_data import ELMoObjective
             from pipelines.training.loop import checkpoint_path, load_checkpoint, train
             from pretrainlab.config import ELMoSpec, LoopSpec
 

@@ -20,18 +20,20 @@ from pipelines.data.tokenizer_training import save_tokenizer, train_tokenizer
 from pipelines.models.word2vec import (
     ALPHA,
     MIN_ALPHA,
-    ShardSentences,
-    Word2VecError,
-    aligned_vectors,
     alpha_at,
     load_vectors,
     save_vectors,
     train_word2vec,
     train_word2vec_on_shards,
+)
+from pipelines.models.word2vec_eval import COVERAGE_FLOOR, intrinsic_eval
+from pipelines.models.word2vec_vocab import (
+    ShardSentences,
+    Word2VecError,
+    aligned_vectors,
     word2vec_layer_states,
     word_vocab,
 )
-from pipelines.models.word2vec_eval import COVERAGE_FLOOR, intrinsic_eval
 from pipelines.training.pretraining import PretrainJob, pretrain
 from pretrainlab.config import Word2VecSpec, WordLevelSpec, spec_from_dict
 

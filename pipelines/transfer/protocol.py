@@ -13,8 +13,9 @@ number of training examples, so every mode, family and budget runs under the sam
 - Schedule (BERT's): linear warmup over the first `warmup` fraction of the planned steps, then
   linear decay to zero at `planned`, for every parameter group of every mode (one schedule, so
   modes differ only in what trains). Loaded encoder weights train at `lr * encoder_lr_scale`.
-- Converged: unless the run used its whole step budget while its best dev evaluation fell in
-  the last fifth of its evaluations (it was still improving when the budget ran out).
+- Converged: yes when early stopping ended the run (a plateau of `patience` evaluations), or
+  when its best dev evaluation is in the first four fifths of its evaluations; no when it used
+  its whole step budget and was still improving in the last fifth.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def lr_factor(step: int, plan: Plan) -> float:
     return (plan.steps - step + 1) / (plan.steps - plan.warmup_steps)
 
 
-def is_converged(best_eval: int, n_evals: int, stopped_early: bool) -> bool:
-    """False when the run used its whole budget and its best dev evaluation (1-based) is in the
-    last fifth of its evaluations: it was still improving when stopped."""
-    return stopped_early or best_eval <= STILL_IMPROVING * n_evals
+def is_converged(best_eval: int, n_evals: int, plateaued: bool) -> bool:
+    """False when patience never ran out (the run used its whole budget) and its best dev
+    evaluation (1-based) is in the last fifth of its evaluations: still improving at the end."""
+    return plateaued or best_eval <= STILL_IMPROVING * n_evals

@@ -309,7 +309,7 @@ class TransferSpec(Strict):
     )
     warmup: float = Field(0.1, ge=0, lt=1, description="Warmup fraction, then linear decay.")
     encoder_lr_scale: float = Field(
-        0.1, gt=0, description="Loaded encoder weights train at lr * this; the head at lr."
+        1.0, gt=0, description="Loaded encoder weights train at lr * this; the head at lr."
     )
     batch_size: int = Field(16, ge=1)
     max_len: int = Field(64, ge=8, description="Subword tokens per input.")

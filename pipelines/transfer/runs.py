@@ -5,8 +5,9 @@ Modes (`TransferConfig.mode`):
   word2vec: random vectors of the same shape and scale. Everything trains at `lr`.
 - `frozen`: the encoder never trains; the head reads a learned softmax-weighted scalar mix of
   ALL layers with a global scale gamma (ELMo, eq. 1). `frozen:layer=N` reads layer N only.
-- `finetune`: everything trains; the pretrained encoder at `lr * encoder_lr_scale` (0.1 by
-  default): a smaller step keeps what pretraining learned (BERT/ULMFiT fine-tune small).
+- `finetune`: everything trains; the pretrained encoder at `lr * encoder_lr_scale` (the spec's
+  default 1.0 is BERT's one rate; below 1 keeps the loaded weights nearer what pretraining
+  learned, as ULMFiT's lower rates do).
 - `partial:k`: the embeddings and bottom k layers loaded, the rest re-initialised; loaded
   layers fine-tune at the encoder rate, re-initialised ones at `lr`. `partial:k:frozen`: the
   loaded layers stay fixed. word2vec has no layers: partial is an error.

@@ -44,7 +44,10 @@ def small_spec(store: Path) -> dict:
         "budgets": ["all"],
         "seeds": [0],
         "lrs": {"frozen": [1e-2], "finetune": [1e-3]},
-        "epochs": 1,
+        "passes": 1,
+        "min_steps": 10,
+        "max_steps": 10,
+        "evals": 10,
         "batch_size": 8,
         "max_len": 32,
     }

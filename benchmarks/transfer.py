@@ -14,7 +14,8 @@ classification task is made from real sentences. Then, per family, in one run:
 - fine-tuning: `pipelines.transfer.runs.run_transfer` in `finetune` mode vs a bare loop (the same
   pre-tokenized inputs, a linear head on the top layer's token, AdamW with the encoder at a
   tenth of the head's rate, shuffled batches, a dev pass per epoch). Both stamp the end of
-  every epoch (pretrainlab through `on_epoch`); examples/s = (train + dev examples) / the
+  every epoch (pretrainlab through `on_eval`, set to evaluate once a pass); examples/s =
+  (train + dev examples) / the
   fastest epoch after the first, over every round: a shared machine slows epochs at random.
 Contenders run interleaved for `--rounds` rounds; the best figure of each is kept, and the
 notes add the ratio by CPU time (examples per CPU-second), steadier on a shared machine. The
@@ -44,7 +45,7 @@ from pipelines.data.sentences import split_sentences
 from pipelines.data.task_data import Example, TaskData
 from pipelines.models.saved import load_pretrained
 from pipelines.training.pretraining import PretrainJob, pretrain
-from pipelines.transfer.runs import EpochMetrics, TransferConfig, frozen_features, run_transfer
+from pipelines.transfer.runs import Evaluation, TransferConfig, frozen_features, run_transfer
 from pretrainlab.config import Spec, spec_from_dict
 
 GOAL = 0.9
@@ -217,7 +218,7 @@ def bare_finetune(
         (top,) = bare.hidden(ids, mask, all_layers=False)
         return head(top[torch.arange(len(read)), read])
 
-    for _ in range(config.epochs):
+    for _ in range(config.passes):
         bare.model.train()
         head.train()
         order = torch.randperm(len(seqs), generator=generator).tolist()
@@ -319,10 +320,10 @@ def finetune_row(
             bare_finetune(family, model_dir, task, config, lambda: stamps.append(_clocks()))
         else:
 
-            def on_epoch(metrics: EpochMetrics) -> None:
+            def on_eval(metrics: Evaluation) -> None:
                 stamps.append(_clocks())
 
-            run_transfer(family, model_dir, task, task.train, config, on_epoch=on_epoch)
+            run_transfer(family, model_dir, task, task.train, config, on_eval=on_eval)
         # Epochs 2..E: the first epoch carries the set-up (load, tokenize).
         for (w0, c0), (w1, c1) in itertools.pairwise(stamps):
             got[name].add(per_epoch, w1 - w0, c1 - c0)
@@ -332,21 +333,27 @@ def finetune_row(
         f"transfer {family}: fine-tuning",
         got,
         f"{len(task.train)} train + {len(task.dev)} dev per epoch, batch {config.batch_size}, "
-        f"fastest of {rounds * (config.epochs - 1)} epochs",
+        f"fastest of {rounds * (config.passes - 1)} epochs",
     )
 
 
 def rows(families: list[str], preset: str, rounds: int, workdir: Path) -> list[Row]:
     sizes = PRESETS[preset]
     task = make_task(sizes["examples"])
+    steps = sizes["epochs"] * -(-sizes["examples"][0] // 16)  # one dev evaluation a pass
     config = TransferConfig(
         mode="finetune",
         lr=1e-3,
-        epochs=sizes["epochs"],
-        patience=sizes["epochs"],
         batch_size=16,
         max_len=sizes["max_len"],
         seed=0,
+        passes=sizes["epochs"],
+        min_steps=steps,
+        max_steps=steps,
+        evals=sizes["epochs"],
+        patience=sizes["epochs"],
+        warmup=0.1,
+        encoder_lr_scale=0.1,
     )
     out = []
     for family in families:

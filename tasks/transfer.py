@@ -38,8 +38,9 @@ from tasks.stage import cached_output, content_key, store_of
 from tasks.tracking import open_tracking
 
 CODE = [transfer_lib, heads_lib, task_data_lib]
-ROWS_VERSION = 2  # 2: dev rows carry metric "step" (optimizer steps by the end of each epoch)
-Item = tuple[int, str, str, float, int | None]  # epoch, split, metric, value, layer
+ROWS_VERSION = 3  # 2: dev rows carry metric "step"; 3: step-based protocol, `epoch` holds the
+# dev evaluation's index, test rows add metrics "steps" and "converged" (1.0 or 0.0)
+Item = tuple[int, str, str, float, int | None]  # evaluation, split, metric, value, layer
 Point = tuple[str, float | None, int]  # metric, value, step
 
 
@@ -136,11 +137,14 @@ def run_baseline(spec: Spec, data: task_data_lib.TaskData) -> list[dict[str, Any
 
 def _config(spec: Spec, mode: str, lr: float, seed: int) -> transfer_lib.TransferConfig:
     t = spec.transfer
-    return transfer_lib.TransferConfig(mode=mode, lr=lr, epochs=t.epochs, patience=t.patience,
-                                       batch_size=t.batch_size, max_len=t.max_len, seed=seed)
+    return transfer_lib.TransferConfig(
+        mode=mode, lr=lr, batch_size=t.batch_size, max_len=t.max_len, seed=seed, passes=t.passes,
+        min_steps=t.min_steps, max_steps=t.max_steps, evals=t.evals, patience=t.patience,
+        warmup=t.warmup, encoder_lr_scale=t.encoder_lr_scale)
 
 
-RUN_SETTINGS = {"epochs", "patience", "batch_size", "max_len"}
+RUN_SETTINGS = {"passes", "min_steps", "max_steps", "evals", "patience", "warmup",
+                "encoder_lr_scale", "batch_size", "max_len"}
 
 
 def _run_settings(spec: Spec) -> dict[str, Any]:
@@ -183,20 +187,22 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
     best_lr = max(grid, key=lambda lr: trials[lr].dev.get(headline, float("-inf")))
     best = trials[best_lr]
     mix = list(enumerate(best.mix_weights or []))
-    points: list[Point] = [(f"dev_{k}", v, p.epoch) for p in best.curve
+    best_step = best.curve[best.best_eval - 1].step
+    test = {**best.test, "steps": float(best.steps), "converged": float(best.converged)}
+    points: list[Point] = [(f"dev_{k}", v, p.step) for p in best.curve
                            for k, v in p.metrics.items()]
-    points += [(f"test_{k}", v, best.best_epoch) for k, v in best.test.items()]
+    points += [(f"test_{k}", v, best_step) for k, v in test.items()]
     points += [(f"mix_weight_{i}", w, 0) for i, w in mix]
     points += [(f"grid_dev_{headline}_lr_{lr:g}", t.dev.get(headline), 0)
                for lr, t in trials.items()]
-    points += [("dev_step", float(p.step), p.epoch) for p in best.curve]
-    items: list[Item] = [(p.epoch, "dev", k, v, None) for p in best.curve
+    items: list[Item] = [(p.index, "dev", k, v, None) for p in best.curve
                          for k, v in p.metrics.items()]
-    items += [(p.epoch, "dev", "step", float(p.step), None) for p in best.curve]
-    items += [(best.best_epoch, "test", k, v, None) for k, v in best.test.items()]
-    items += [(best.best_epoch, "mix", "weight", w, i) for i, w in mix]
+    items += [(p.index, "dev", "step", float(p.step), None) for p in best.curve]
+    items += [(best.best_eval, "test", k, v, None) for k, v in test.items()]
+    items += [(best.best_eval, "mix", "weight", w, i) for i, w in mix]
     tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
-            "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_epoch": str(best.best_epoch),
+            "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_step": str(best_step),
+            "steps": str(best.steps), "converged": str(best.converged),
             "train_examples": str(len(train)), **_model_tags(model)}
     base = {"task": data.name, "family": family, "model_version": model.version,
             "mode": mode, "budget": str(budget), "seed": seed, "lr": best_lr}
@@ -204,8 +210,8 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
                      points, base, items, path)
     stage_logger().info(
         f"{family} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
-        f"test {headline} {best.test.get(headline, float('nan')):.3f} "
-        f"in {time.perf_counter() - started:.1f}s"
+        f"test {headline} {best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
+        f"{'' if best.converged else ' (still improving)'} in {time.perf_counter() - started:.1f}s"
     )
     return result
 

@@ -5,8 +5,9 @@ Modes (`TransferConfig.mode`):
   word2vec: random vectors of the same shape and scale. Everything trains at `lr`.
 - `frozen`: the encoder never trains; the head reads a learned softmax-weighted scalar mix of
   ALL layers with a global scale gamma (ELMo, eq. 1). `frozen:layer=N` reads layer N only.
-- `finetune`: everything trains; the pretrained encoder at `lr * ENCODER_LR_SCALE` (0.1): a
-  smaller step keeps what pretraining learned (BERT/ULMFiT fine-tune with small rates).
+- `finetune`: everything trains; the pretrained encoder at `lr * encoder_lr_scale` (the spec's
+  default 1.0 is BERT's one rate; below 1 keeps the loaded weights nearer what pretraining
+  learned, as ULMFiT's lower rates do).
 - `partial:k`: the embeddings and bottom k layers loaded, the rest re-initialised; loaded
   layers fine-tune at the encoder rate, re-initialised ones at `lr`. `partial:k:frozen`: the
   loaded layers stay fixed. word2vec has no layers: partial is an error.
@@ -20,17 +21,20 @@ Frozen mode runs the encoder ONCE per (model, task): the pooled per-layer featur
 train/dev/test example are written to `feature_cache` and every later run (any budget, seed,
 rate, layer probe) trains only the mix and the head on them.
 
-Training: AdamW, shuffled mini-batches of examples, one dev evaluation per epoch (reported via
-`on_epoch`), early stopping after `patience` epochs without a better dev score (span F1 for BIO
-tag sets, else accuracy), test metrics with the weights of the best dev epoch.
+Training (`pipelines/transfer/protocol.py` states the rules): AdamW for a planned number of
+optimizer steps over reshuffled passes of the examples, warmup + linear decay, a dev evaluation
+every `eval_every` steps (reported via `on_eval`), early stopping after `patience` evaluations
+without a better dev score (span F1 for BIO tag sets, else accuracy) once `min_steps` are done,
+test metrics and per-item test predictions with the weights of the best dev evaluation.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +54,13 @@ from pipelines.transfer.heads import (
     load_encoder,
     pooled_states,
 )
+from pipelines.transfer.protocol import (
+    TransferConfig,
+    check_config,
+    is_converged,
+    lr_factor,
+    plan,
+)
 from pretrainlab.config import Mode, parse_mode
 from storage.atomic import atomic_dir, is_complete, write_manifest
 from storage.hashing import stable_hash
@@ -57,36 +68,37 @@ from storage.hashing import stable_hash
 if TYPE_CHECKING:
     from pipelines.data.task_data import Example, TaskData
 
-ENCODER_LR_SCALE = 0.1  # pretrained weights move 10x slower than the head
 SPLITS = ("train", "dev", "test")
 FEATURES_FORMAT = "pretrainlab-transfer-features-v1"
 
 
 @dataclass(frozen=True)
-class TransferConfig:
-    mode: str
-    lr: float
-    epochs: int
-    patience: int
-    batch_size: int
-    max_len: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    step: int
+class Evaluation:
+    index: int  # 1-based: the n-th dev evaluation of the run
+    step: int  # optimizer steps taken by then
     split: str
     metrics: dict[str, float]
 
 
 @dataclass(frozen=True)
+class Predictions:
+    """Per test item (a token for tag tasks): the example it belongs to, gold and predicted
+    label indices into `task.labels + task.unseen` (a gold index past the labels is unseen)."""
+
+    example: tuple[int, ...]
+    gold: tuple[int, ...]
+    pred: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class TransferResult:
-    curve: list[EpochMetrics]  # per-epoch dev metrics (convergence curves)
-    best_epoch: int
-    dev: dict[str, float]  # at the best epoch: accuracy, macro_f1 (+ span_f1 for BIO tags)
+    curve: list[Evaluation]  # every dev evaluation (convergence curves)
+    best_eval: int  # 1-based index into curve
+    steps: int  # optimizer steps taken
+    converged: bool  # see protocol.is_converged
+    dev: dict[str, float]  # at the best evaluation: accuracy, macro_f1 (+ span_f1 for BIO tags)
     test: dict[str, float]
+    test_predictions: Predictions  # with the weights of the best evaluation
     mix_weights: list[float] | None  # the scalar mix's softmax weights, when there is a mix
     train_examples: int
     seconds: float
@@ -370,9 +382,8 @@ def _cached_source(
 # ----------------------------------------------------------------------------- training
 
 
-def _evaluate(
-    head: TaskHead, source: Any, split: Split, name: str, task: TaskData, batch_size: int
-) -> dict[str, float]:
+def _predict(head: TaskHead, source: Any, split: Split, name: str, batch_size: int) -> np.ndarray:
+    """Predicted label index per item of `split`, in eval mode."""
     head.eval()
     if isinstance(source, EncoderSource):
         source.encoder.eval()
@@ -382,18 +393,41 @@ def _evaluate(
             batch = range(start, min(start + batch_size, len(split.examples)))
             features = source.features(name, batch).to(head.linear.weight.device)
             preds.append(head(features).argmax(-1).cpu().numpy())
-    pred = np.concatenate(preds)
-    return _metrics(task, split.labels, pred, split.item_offsets)
+    return np.concatenate(preds)
 
 
-def _optimizer(head: TaskHead, source: Any, lr: float, loaded: set[str]) -> torch.optim.AdamW:
-    groups = [{"params": list(head.parameters()), "lr": lr}]
+def _optimizer(
+    head: TaskHead, source: Any, config: TransferConfig, loaded: set[str]
+) -> torch.optim.AdamW:
+    """AdamW with the head (and re-initialised encoder weights) at `lr` and loaded weights at
+    `lr * encoder_lr_scale`; each group keeps its peak rate as `peak_lr` for the schedule."""
+    groups = [{"params": list(head.parameters()), "peak_lr": config.lr}]
     if isinstance(source, EncoderSource):
         named = [(n, p) for n, p in source.encoder.named_parameters() if p.requires_grad]
         slow = [p for n, p in named if n in loaded]
         fast = [p for n, p in named if n not in loaded]
-        groups += [{"params": slow, "lr": lr * ENCODER_LR_SCALE}, {"params": fast, "lr": lr}]
-    return torch.optim.AdamW([g for g in groups if g["params"]])
+        groups += [
+            {"params": slow, "peak_lr": config.lr * config.encoder_lr_scale},
+            {"params": fast, "peak_lr": config.lr},
+        ]
+    return torch.optim.AdamW([{**g, "lr": g["peak_lr"]} for g in groups if g["params"]])
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Shuffled mini-batches of example indices, pass after pass, reshuffled every pass."""
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _train_mode(trainable: list[torch.nn.Module], source: Any) -> None:
+    for module in trainable:
+        module.train()
+    if isinstance(source, EncoderSource) and not any(
+        p.requires_grad for p in source.encoder.parameters()
+    ):
+        source.encoder.eval()  # a fully frozen encoder keeps dropout off
 
 
 def _fit(
@@ -403,58 +437,73 @@ def _fit(
     head: TaskHead,
     config: TransferConfig,
     loaded: set[str],
-    on_epoch: Callable[[EpochMetrics], None] | None,
-) -> tuple[list[EpochMetrics], int, dict[str, float], dict[str, float]]:
-    """Train, early-stop on dev, return (curve, best epoch, dev and test at the best epoch)."""
-    optimizer = _optimizer(head, source, config.lr, loaded)
+    on_eval: Callable[[Evaluation], None] | None,
+    start: float,
+) -> TransferResult:
+    """Train for the planned steps (protocol.py), evaluate on dev every `eval_every` steps,
+    stop after `patience` evaluations without improvement once `min_steps` are done, then
+    restore the best evaluation's weights and score the test split."""
+    train, headline = splits["train"], _headline(task)
+    schedule = plan(config, len(train.examples))
+    optimizer = _optimizer(head, source, config, loaded)
     target = head.linear.weight.device
     trainable = [head] + ([source.encoder] if isinstance(source, EncoderSource) else [])
-    generator = torch.Generator().manual_seed(config.seed)
-    train, headline = splits["train"], _headline(task)
-    curve: list[EpochMetrics] = []
-    best_epoch, best_score, best_state, step = 0, -1.0, None, 0
-    for epoch in range(1, config.epochs + 1):
-        for module in trainable:
-            module.train()
-        if isinstance(source, EncoderSource) and not any(
-            p.requires_grad for p in source.encoder.parameters()
-        ):
-            source.encoder.eval()
-        order = torch.randperm(len(train.examples), generator=generator).tolist()
-        for start in range(0, len(order), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            labels = torch.from_numpy(train.labels[train.items(batch)]).to(target)
-            loss = F.cross_entropy(head(source.features("train", batch).to(target)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-        dev = _evaluate(head, source, splits["dev"], "dev", task, config.batch_size)
-        curve.append(EpochMetrics(epoch, step, "dev", dev))
-        if on_epoch is not None:
-            on_epoch(curve[-1])
+    batches = _batches(
+        len(train.examples), config.batch_size, torch.Generator().manual_seed(config.seed)
+    )
+    curve: list[Evaluation] = []
+    best, best_score, best_state, plateaued, step = 0, -math.inf, None, False, 0
+    _train_mode(trainable, source)
+    for step in range(1, schedule.steps + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(step, schedule)
+        batch = next(batches)
+        labels = torch.from_numpy(train.labels[train.items(batch)]).to(target)
+        loss = F.cross_entropy(head(source.features("train", batch).to(target)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % schedule.eval_every and step < schedule.steps:
+            continue
+        pred = _predict(head, source, splits["dev"], "dev", config.batch_size)
+        dev = _metrics(task, splits["dev"].labels, pred, splits["dev"].item_offsets)
+        curve.append(Evaluation(len(curve) + 1, step, "dev", dev))
+        if on_eval is not None:
+            on_eval(curve[-1])
         if dev[headline] > best_score:
-            best_epoch, best_score = epoch, dev[headline]
+            best, best_score = len(curve), dev[headline]
             best_state = [copy.deepcopy(m.state_dict()) for m in trainable]
-        elif epoch - best_epoch >= config.patience:
+        elif step >= config.min_steps and len(curve) - best >= config.patience:
+            plateaued = True
             break
+        _train_mode(trainable, source)
     for module, state in zip(trainable, best_state or [], strict=True):
         module.load_state_dict(state)
-    test = _evaluate(head, source, splits["test"], "test", task, config.batch_size)
-    return curve, best_epoch, curve[best_epoch - 1].metrics, test
+    test = splits["test"]
+    pred = _predict(head, source, test, "test", config.batch_size)
+    return TransferResult(
+        curve=curve,
+        best_eval=best,
+        steps=step,
+        converged=is_converged(best, len(curve), plateaued),
+        dev=curve[best - 1].metrics,
+        test=_metrics(task, test.labels, pred, test.item_offsets),
+        test_predictions=Predictions(
+            example=tuple(
+                np.repeat(np.arange(len(test.examples)), np.diff(test.item_offsets)).tolist()
+            ),
+            gold=tuple(test.labels.tolist()),
+            pred=tuple(pred.tolist()),
+        ),
+        mix_weights=head.mix.weights().tolist() if head.mix is not None else None,
+        train_examples=len(train.examples),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def device() -> torch.device:
     """Where transfer runs: the GPU when there is one (same results on CPU, bit for bit)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _check_config(config: TransferConfig) -> None:
-    for name in ("epochs", "patience", "batch_size", "max_len"):
-        if getattr(config, name) < 1:
-            raise TransferError(f"transfer {name} must be at least 1, got {getattr(config, name)}")
-    if not config.lr > 0:
-        raise TransferError(f"transfer lr must be positive, got {config.lr}")
 
 
 def build_trainable(family: str, model_dir: Path, mode: Mode) -> tuple[Encoder, Any, set[str]]:
@@ -480,23 +529,14 @@ def _train_head(
     shape: tuple[int, int, int],
     config: TransferConfig,
     loaded: set[str],
-    on_epoch: Callable[[EpochMetrics], None] | None,
+    on_eval: Callable[[Evaluation], None] | None,
     start: float,
 ) -> TransferResult:
-    """Build the head for `shape` = (layers read, groups, width), train, package the result."""
+    """Build the head for `shape` = (layers read, groups, width), train it, return the result."""
     torch.manual_seed(config.seed)  # the head's init does not depend on how the encoder was built
     n_layers, groups, dim = shape
     head = TaskHead(n_layers, dim, groups, len(task.labels)).to(device())
-    curve, best, dev, test = _fit(task, splits, source, head, config, loaded, on_epoch)
-    return TransferResult(
-        curve=curve,
-        best_epoch=best,
-        dev=dev,
-        test=test,
-        mix_weights=head.mix.weights().tolist() if head.mix is not None else None,
-        train_examples=len(splits["train"].examples),
-        seconds=time.perf_counter() - start,
-    )
+    return _fit(task, splits, source, head, config, loaded, on_eval, start)
 
 
 def _run_frozen(
@@ -505,14 +545,14 @@ def _run_frozen(
     config: TransferConfig,
     arrays: dict[str, np.ndarray],
     layers: tuple[int, ...],
-    on_epoch: Callable[[EpochMetrics], None] | None,
+    on_eval: Callable[[Evaluation], None] | None,
     start: float,
 ) -> TransferResult:
     splits = _splits(task, train)
     source = _cached_source(arrays, task, splits, layers)
     _, groups, _, dim = arrays["train"].shape
     shape = (len(layers), groups, dim)
-    return _train_head(task, splits, source, shape, config, set(), on_epoch, start)
+    return _train_head(task, splits, source, shape, config, set(), on_eval, start)
 
 
 def run_transfer(
@@ -522,19 +562,19 @@ def run_transfer(
     train: Sequence[Example],
     config: TransferConfig,
     feature_cache: Path | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_eval: Callable[[Evaluation], None] | None = None,
 ) -> TransferResult:
     """Train a head (and, by mode, the encoder) of `family`'s model on `train`; see the module
     docstring for the modes. Deterministic for a given seed."""
     start = time.perf_counter()
-    _check_config(config)
+    check_config(config)
     mode = parse_mode(config.mode)
     splits = _splits(task, train)
     if mode.name == "frozen":
         arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
         all_layers = tuple(range(arrays["train"].shape[2]))
         layers = all_layers if mode.layer is None else (mode.layer,)
-        return _run_frozen(task, train, config, arrays, layers, on_epoch, start)
+        return _run_frozen(task, train, config, arrays, layers, on_eval, start)
     torch.manual_seed(config.seed)  # a scratch / re-initialised encoder's init
     encoder, tokenizer, loaded = build_trainable(family, model_dir, mode)
     encoder.to(device())
@@ -543,7 +583,7 @@ def run_transfer(
     layers = encoder.reading_layers()
     source = EncoderSource(encoder, encoded, layers, _pad(tokenizer))
     shape = (len(layers), len(encoded["train"].items[0]), encoder.dim)
-    return _train_head(task, splits, source, shape, config, loaded, on_epoch, start)
+    return _train_head(task, splits, source, shape, config, loaded, on_eval, start)
 
 
 def probe_layers(
@@ -555,8 +595,8 @@ def probe_layers(
     feature_cache: Path | None = None,
 ) -> dict[int, dict[str, float]]:
     """A linear probe (the linear head on one frozen layer) per layer, layer 0 = embeddings:
-    test metrics at the best dev epoch. The encoder runs at most once for all layers."""
-    _check_config(config)
+    test metrics at the best dev evaluation. The encoder runs at most once for all layers."""
+    check_config(config)
     arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
     return {
         layer: _run_frozen(task, train, config, arrays, (layer,), None, time.perf_counter()).test

@@ -93,11 +93,34 @@ class TransferSpec(Strict):
         },
         description="Grid per mode family; the best on dev is kept (a fair race).",
     )
-    epochs: int = Field(4, ge=1)
-    patience: int = Field(2, ge=1, description="Early stopping on dev.")
+    # The downstream protocol (pipelines/transfer/protocol.py): optimizer steps, not epochs.
+    passes: int = Field(20, ge=1, description="Planned passes over the labelled examples.")
+    min_steps: int = Field(
+        200, ge=1, description="Step floor: small budgets repeat their examples until here."
+    )
+    max_steps: int = Field(2000, ge=1, description="Step ceiling.")
+    evals: int = Field(
+        20, ge=10, description="Dev evaluations within min_steps (eval_every = min_steps // evals)."
+    )
+    patience: int = Field(
+        5, ge=1, description="Evaluations without a better dev score before stopping."
+    )
+    warmup: float = Field(0.1, ge=0, lt=1, description="Warmup fraction, then linear decay.")
+    encoder_lr_scale: float = Field(
+        1.0, gt=0, description="Loaded encoder weights train at lr * this; the head at lr."
+    )
     batch_size: int = Field(16, ge=1)
     max_len: int = Field(64, ge=8, description="Subword tokens per input.")
     probe_tasks: list[str] = Field([], description="Tasks that get a linear probe per layer.")
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> TransferSpec:
+        if not self.evals <= self.min_steps <= self.max_steps:
+            raise ValueError(
+                f"need evals <= min_steps <= max_steps, got {self.evals}, {self.min_steps}, "
+                f"{self.max_steps}: a run evaluates at least `evals` times within its steps"
+            )
+        return self
 
     @model_validator(mode="after")
     def _models_named_once(self) -> TransferSpec:

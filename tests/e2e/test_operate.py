@@ -97,7 +97,7 @@ def tiny_spec(store: Path) -> dict[str, Any]:
         "budgets": ["all"],
         "seeds": [0],
         "lrs": {"scratch": [1e-3], "finetune": [1e-3]},
-        "epochs": 1,
+        "passes": 1, "min_steps": 10, "max_steps": 10, "evals": 10,
         "batch_size": 8,
         "max_len": 32,
     }  # fmt: skip

@@ -40,7 +40,10 @@ def spec_for(tmp_path: Path) -> Spec:
                     "finetune": [1e-3, 3e-4],
                     "partial": [1e-3],
                 },
-                "epochs": 2,
+                "passes": 2,
+                "min_steps": 10,
+                "max_steps": 20,
+                "evals": 10,
                 "batch_size": 8,
                 "max_len": 32,
                 "probe_tasks": ["wic"],
@@ -73,6 +76,20 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
         "metric = 'accuracy' and task = 'polarity'"
     )
     assert test_rows and all(0.0 <= r["value"] <= 1.0 for r in test_rows)
+    # every trained run records its optimizer steps (within the floor and ceiling) and whether
+    # it converged, as test-split metric rows
+    protocol = sql(
+        "select run_id, list(metric order by metric) as metrics, "
+        "max(value) filter (where metric = 'steps') as steps, "
+        "max(value) filter (where metric = 'converged') as converged from results "
+        "where split = 'test' and metric in ('steps', 'converged') group by run_id"
+    )
+    trained = sql(
+        "select count(distinct run_id) as n from results where split = 'dev' and metric = 'step'"
+    )
+    assert len(protocol) == trained[0]["n"] > 0
+    assert all(r["metrics"] == ["converged", "steps"] for r in protocol)
+    assert all(10 <= r["steps"] <= 20 and r["converged"] in (0.0, 1.0) for r in protocol)
     probes = sql(
         "select family, count(distinct layer) as layers from results "
         "where mode = 'probe' and metric = 'accuracy' group by 1 order by 1"

@@ -83,8 +83,9 @@ def tasks() -> dict[str, TaskData]:
 
 def _config(mode: str) -> TransferConfig:
     return TransferConfig(
-        mode=mode, lr=1e-2, epochs=2, patience=2, batch_size=8, max_len=32, seed=0
-    )
+        mode=mode, lr=1e-2, batch_size=8, max_len=32, seed=0, passes=2, min_steps=6,
+        max_steps=6, evals=2, patience=2, warmup=0.1, encoder_lr_scale=0.1,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- import

@@ -391,8 +391,9 @@ def test_a_tag_seen_once_in_test_trains_and_is_scored_wrong(
     n_test = sum(len(e.words) for e in task.test)
 
     config = TransferConfig(
-        "finetune", lr=1e-2, epochs=2, patience=2, batch_size=16, max_len=64, seed=0
-    )
+        "finetune", lr=1e-2, batch_size=16, max_len=64, seed=0, passes=2, min_steps=4,
+        max_steps=4, evals=2, patience=2, warmup=0.1, encoder_lr_scale=0.1,
+    )  # fmt: skip
     result = run_transfer("word2vec", word2vec_model, task, task.train, config)
     assert set(result.test) == {"accuracy", "macro_f1", "span_f1"}
     assert result.test["accuracy"] <= (n_test - 1) / n_test

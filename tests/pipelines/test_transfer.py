@@ -1,5 +1,6 @@
 """Transfer: inputs and heads of every family on every task kind, the modes (scratch, frozen,
-finetune, partial), the frozen feature cache, early stopping and span F1.
+finetune, partial), the frozen feature cache, the step protocol (floor, ceiling, evaluations,
+early stopping, schedule, convergence) and span F1.
 
 The four models are really pretrained (a few steps) on a little real text (gensim's Lee news
 corpus) once per module, with the project's tokenizers and
@@ -25,6 +26,7 @@ from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer
 from pipelines.models.saved import load_pretrained
 from pipelines.training.pretraining import PretrainJob, pretrain
 from pipelines.transfer.heads import encode_examples, family_inputs, load_encoder, pooled_states
+from pipelines.transfer.protocol import Plan, is_converged, lr_factor, plan
 from pipelines.transfer.runs import (
     Mode,
     TransferConfig,
@@ -195,11 +197,16 @@ def config(mode: str, **overrides: object) -> TransferConfig:
     fields = {
         "mode": mode,
         "lr": 1e-2,
-        "epochs": 2,
-        "patience": 2,
         "batch_size": 8,
         "max_len": 32,
         "seed": 0,
+        "passes": 2,
+        "min_steps": 6,
+        "max_steps": 6,
+        "evals": 2,
+        "patience": 2,
+        "warmup": 0.1,
+        "encoder_lr_scale": 0.1,
     }
     fields.update(overrides)
     return TransferConfig(**fields)  # type: ignore[arg-type]
@@ -277,14 +284,19 @@ def test_every_head_trains_on_every_family(
 ) -> None:
     task = tasks[kind]
     seen = []
-    result = run_transfer(
-        family, models[family], task, task.train, config("finetune", epochs=1), on_epoch=seen.append
-    )
-    assert [m.epoch for m in seen] == [1] and seen[0].split == "dev" and seen[0].step == 3
+    short = config("finetune", passes=1, min_steps=3, max_steps=3, evals=1)
+    result = run_transfer(family, models[family], task, task.train, short, on_eval=seen.append)
+    assert [m.index for m in seen] == [1] and seen[0].split == "dev" and seen[0].step == 3
     assert set(result.test) >= {"accuracy", "macro_f1"}
     assert ("span_f1" in result.test) == (kind == "tag")
     assert 0.0 <= result.test["accuracy"] <= 1.0
-    assert result.train_examples == 24 and result.best_epoch == 1
+    assert result.train_examples == 24 and result.best_eval == 1 and result.steps == 3
+    # one prediction per test item, scored as the test metrics say
+    predicted = result.test_predictions
+    gold = np.asarray(predicted.gold)
+    assert len(predicted.pred) == len(gold) == len(predicted.example)
+    assert result.test["accuracy"] == pytest.approx(float((gold == predicted.pred).mean()))
+    assert sorted(set(predicted.example)) == list(range(len(task.test)))
 
 
 # ----------------------------------------------------------------------------- modes
@@ -332,7 +344,7 @@ def test_partial_frozen_keeps_loaded_layers_and_trains_the_rest(
     start = _state(build_trainable("gpt", models["gpt"], parse_mode("partial:1:frozen"))[0])
     pretrained = _state(load_encoder("gpt", models["gpt"])[0])
     task = tasks["classify"]
-    run_transfer("gpt", models["gpt"], task, task.train, config("partial:1:frozen", epochs=2))
+    run_transfer("gpt", models["gpt"], task, task.train, config("partial:1:frozen"))
     encoder, _, loaded = built[0]
     after = _state(encoder)
     for name in loaded:
@@ -434,37 +446,124 @@ def test_the_encoder_runs_once_per_model_and_task(
     assert len(calls) == 6 and uncached.test == first.test
 
 
-def test_early_stopping_reports_the_best_dev_epoch(
+# ----------------------------------------------------------------------------- the step protocol
+
+
+def test_plan_floor_ceiling_and_the_schedule_at_known_steps() -> None:
+    cfg = config("finetune", passes=10, min_steps=20, max_steps=1000, evals=10, warmup=0.1)
+    assert plan(cfg, 80) == Plan(steps=100, eval_every=2, warmup_steps=10)  # 10 passes of 10
+    assert plan(cfg, 5).steps == 20  # the floor: 5 examples repeated
+    assert plan(cfg, 8000).steps == 1000  # the ceiling
+    schedule = plan(cfg, 80)
+    factors = {s: lr_factor(s, schedule) for s in (1, 5, 10, 11, 56, 100)}
+    assert factors == pytest.approx({1: 0.1, 5: 0.5, 10: 1.0, 11: 1.0, 56: 0.5, 100: 1 / 90})
+    no_warmup = Plan(steps=4, eval_every=1, warmup_steps=0)
+    assert [lr_factor(s, no_warmup) for s in range(1, 5)] == [1.0, 0.75, 0.5, 0.25]
+    with pytest.raises(TransferError, match=r"min_steps \(5\) is below evals \(10\)"):
+        run_transfer("bert", Path("."), TaskData("t", "classify", (), (), (), ("0",), "x"), (),
+                     config("frozen", min_steps=5, evals=10))  # fmt: skip
+
+
+def test_the_optimizer_follows_the_schedule_and_the_encoder_rate(
+    monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    rates: list[list[float]] = []
+    real = transfer._optimizer
+
+    def recording(*args, **kwargs):
+        optimizer = real(*args, **kwargs)
+        step = optimizer.step
+
+        def logged_step(*a, **k):
+            rates.append([g["lr"] for g in optimizer.param_groups])
+            return step(*a, **k)
+
+        optimizer.step = logged_step
+        return optimizer
+
+    monkeypatch.setattr(transfer, "_optimizer", recording)
+    cfg = config("finetune", lr=1e-3, min_steps=10, max_steps=10, evals=10, warmup=0.2)
+    task = tasks["classify"]
+    result = run_transfer("gpt", models["gpt"], task, task.train, cfg)
+    expected = [0.5, 1.0] + [(10 - s + 1) / 8 for s in range(3, 11)]
+    head, loaded = [r[0] for r in rates], [r[1] for r in rates]  # head first, then loaded
+    assert result.steps == len(rates) == 10
+    assert head == pytest.approx([1e-3 * f for f in expected])
+    assert loaded == pytest.approx([1e-4 * f for f in expected])
+
+
+def _plateau_config(**overrides: object) -> TransferConfig:
+    """word2vec frozen on the BIO task: 24 examples, 6 steps a pass, a fast learner."""
+    fields = {"lr": 0.3, "batch_size": 4, "passes": 40, "min_steps": 20, "max_steps": 240,
+              "evals": 10, "patience": 5}  # fmt: skip
+    return config("frozen", **{**fields, **overrides})
+
+
+def test_a_learnable_head_plateaus_stops_early_and_is_converged(
+    monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks["tag"]
+    states: list[tuple[str, dict[str, torch.Tensor]]] = []
+    real = transfer._predict
+
+    def snapshot(head, source, split, name, batch_size):  # the head's weights at every scoring
+        states.append((name, _state(head)))
+        return real(head, source, split, name, batch_size)
+
+    monkeypatch.setattr(transfer, "_predict", snapshot)
+    seen: list = []
+    cfg = _plateau_config()
+    result = run_transfer(
+        "word2vec", models["word2vec"], task, task.train, cfg, on_eval=seen.append
+    )
+    assert seen == result.curve and len(result.curve) >= 10
+    scores = [m.metrics["span_f1"] for m in result.curve]
+    assert [m.step for m in result.curve] == [2 * i for i in range(1, len(scores) + 1)]
+    assert result.best_eval == int(np.argmax(scores)) + 1  # the first best
+    assert result.dev == result.curve[result.best_eval - 1].metrics
+    # a plateau: stopped `patience` evaluations after the best, past the floor, before the end
+    assert len(scores) == result.best_eval + 5 and 20 <= result.steps < 240
+    assert result.steps == result.curve[-1].step and result.converged
+    # test metrics come from the best evaluation's weights, restored
+    dev_states = [s for name, s in states if name == "dev"]
+    (test_state,) = [s for name, s in states if name == "test"]
+    best_state, last_state = dev_states[result.best_eval - 1], dev_states[-1]
+    assert all(torch.equal(test_state[k], v) for k, v in best_state.items())
+    assert not all(torch.equal(test_state[k], v) for k, v in last_state.items())
+    # deterministic: the same seed gives the same curve, test metrics and predictions
+    monkeypatch.setattr(transfer, "_predict", real)
+    twice = run_transfer("word2vec", models["word2vec"], task, task.train, cfg)
+    assert twice.curve == result.curve and twice.test == result.test
+    assert twice.test_predictions == result.test_predictions and twice.steps == result.steps
+
+
+def test_a_run_cut_short_by_the_ceiling_is_not_converged(
     models: dict[str, Path], tasks: dict[str, TaskData]
 ) -> None:
     task = tasks["tag"]
-    seen = []
-    cfg = config("frozen", epochs=12, patience=2, lr=0.3, batch_size=4)
-    result = run_transfer(
-        "word2vec", models["word2vec"], task, task.train, cfg, on_epoch=seen.append
-    )
-    assert seen == result.curve
-    scores = [m.metrics["span_f1"] for m in result.curve]
-    assert result.best_epoch == int(np.argmax(scores)) + 1  # the first best
-    assert result.dev == result.curve[result.best_epoch - 1].metrics
-    assert len(scores) == min(12, result.best_epoch + 2)  # stopped `patience` epochs later
-    steps = [m.step for m in result.curve]
-    assert steps == [6 * e for e in range(1, len(steps) + 1)]
-    assert len(set(scores)) > 1 and result.best_epoch < len(scores)  # a real choice was made
-    # deterministic: the same seed gives the same curve and test metrics
-    twice = run_transfer("word2vec", models["word2vec"], task, task.train, cfg)
-    assert twice.curve == result.curve and twice.test == result.test
-    # test metrics are those of the best epoch's weights, not of the last epoch's
-    upto_best = TransferConfig(**{**cfg.__dict__, "epochs": result.best_epoch})
-    stopped = run_transfer("word2vec", models["word2vec"], task, task.train, upto_best)
-    assert stopped.test == result.test
+    cfg = _plateau_config(lr=0.02, min_steps=10, max_steps=10)
+    result = run_transfer("word2vec", models["word2vec"], task, task.train, cfg)
+    assert result.steps == 10 and len(result.curve) == 10
+    assert result.best_eval > 8 and not result.converged  # still improving at the end
+    assert not is_converged(9, 10, plateaued=False) and is_converged(8, 10, plateaued=False)
+    assert is_converged(10, 10, plateaued=True)
+
+
+def test_a_five_example_budget_still_trains_min_steps(
+    models: dict[str, Path], tasks: dict[str, TaskData]
+) -> None:
+    task = tasks["tag"]
+    cfg = _plateau_config(batch_size=8, passes=2, min_steps=12, max_steps=40, patience=2)
+    result = run_transfer("word2vec", models["word2vec"], task, task.train[:5], cfg)
+    assert result.train_examples == 5 and result.steps == 12  # 1 step a pass, 12 passes
+    assert [m.step for m in result.curve] == list(range(1, 13))  # >= 10 evaluations
 
 
 def test_probe_gives_every_layer_test_metrics(
     models: dict[str, Path], tasks: dict[str, TaskData]
 ) -> None:
     task = tasks["tag"]
-    probes = probe_layers("gpt", models["gpt"], task, task.train, config("frozen", epochs=2))
+    probes = probe_layers("gpt", models["gpt"], task, task.train, config("frozen"))
     assert sorted(probes) == [0, 1, 2]
     assert all({"accuracy", "macro_f1", "span_f1"} <= set(m) for m in probes.values())
 

@@ -1,0 +1,100 @@
+"""The downstream training protocol: how many optimizer steps a run takes, when it evaluates on
+dev, its learning-rate schedule, and whether it converged. Pure functions of the config and the
+number of training examples, so every mode, family and budget runs under the same rules.
+
+- Steps: `planned = clamp(passes * ceil(n_train / batch_size), min_steps, max_steps)`. The floor
+  makes a small budget repeat its examples many times (few-sample fine-tuning needs many passes:
+  Mosbach et al. 2021, Zhang et al. 2021); the ceiling bounds a large one.
+- Dev evaluation every `eval_every = max(1, min_steps // evals)` steps and at the last step:
+  every run has at least `evals` evaluations (`min_steps >= evals` is checked) before early
+  stopping may end it, and a longer run keeps the same resolution (more evaluations).
+- Early stopping counted in evaluations: `patience` evaluations without a better dev score, and
+  only once the run has taken `min_steps` steps. Test metrics come from the best evaluation.
+- Schedule (BERT's): linear warmup over the first `warmup` fraction of the planned steps, then
+  linear decay to zero at `planned`, for every parameter group of every mode (one schedule, so
+  modes differ only in what trains). Loaded encoder weights train at `lr * encoder_lr_scale`.
+- Converged: yes when early stopping ended the run (a plateau of `patience` evaluations), or
+  when its best dev evaluation is in the first four fifths of its evaluations; no when it used
+  its whole step budget and was still improving in the last fifth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pipelines.transfer.heads import TransferError
+
+STILL_IMPROVING = 0.8  # a best evaluation after this fraction of them: still improving
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    mode: str
+    lr: float  # the head's (and re-initialised layers') peak rate
+    batch_size: int
+    max_len: int
+    seed: int
+    passes: int  # planned passes over the training examples, before the floor and ceiling
+    min_steps: int  # floor: small budgets repeat their examples until here
+    max_steps: int  # ceiling
+    evals: int  # dev evaluations a run has at least
+    patience: int  # evaluations without improvement before stopping (after min_steps)
+    warmup: float  # fraction of the planned steps spent warming up
+    encoder_lr_scale: float  # loaded encoder weights train at lr * this
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: int  # planned optimizer steps (the schedule reaches zero here)
+    eval_every: int
+    warmup_steps: int
+
+
+def check_config(config: TransferConfig) -> None:
+    """Every value a spec can get wrong, named with the field to change."""
+    for name in ("passes", "min_steps", "evals", "patience", "batch_size", "max_len"):
+        if getattr(config, name) < 1:
+            raise TransferError(f"transfer {name} must be at least 1, got {getattr(config, name)}")
+    if config.max_steps < config.min_steps:
+        raise TransferError(
+            f"transfer max_steps ({config.max_steps}) is below min_steps ({config.min_steps}); "
+            "raise max_steps or lower min_steps"
+        )
+    if config.min_steps < config.evals:
+        raise TransferError(
+            f"transfer min_steps ({config.min_steps}) is below evals ({config.evals}): a run "
+            "could not evaluate that often; raise min_steps or lower evals"
+        )
+    if not 0 <= config.warmup < 1:
+        raise TransferError(f"transfer warmup is a fraction in [0, 1), got {config.warmup}")
+    if not config.lr > 0 or not config.encoder_lr_scale > 0:
+        raise TransferError(
+            f"transfer lr ({config.lr}) and encoder_lr_scale ({config.encoder_lr_scale}) "
+            "must be positive"
+        )
+
+
+def plan(config: TransferConfig, n_train: int) -> Plan:
+    """Planned steps, evaluation interval and warmup steps for `n_train` training examples."""
+    per_pass = math.ceil(n_train / config.batch_size)
+    steps = min(max(config.passes * per_pass, config.min_steps), config.max_steps)
+    return Plan(
+        steps=steps,
+        eval_every=max(1, config.min_steps // config.evals),
+        warmup_steps=round(config.warmup * steps),
+    )
+
+
+def lr_factor(step: int, plan: Plan) -> float:
+    """The multiplier of every group's peak rate at optimizer step `step` (1-based)."""
+    if step <= plan.warmup_steps:  # linear warmup: 1/w ... 1
+        return step / plan.warmup_steps
+    # linear decay from 1 (first step after warmup) to 1/(steps - w) at the last planned step
+    return (plan.steps - step + 1) / (plan.steps - plan.warmup_steps)
+
+
+def is_converged(best_eval: int, n_evals: int, plateaued: bool) -> bool:
+    """False when patience never ran out (the run used its whole budget) and its best dev
+    evaluation (1-based) is in the last fifth of its evaluations: still improving at the end."""
+    return plateaued or best_eval <= STILL_IMPROVING * n_evals

@@ -6,7 +6,8 @@ A GPT and a BERT are pretrained for a few steps
 (`pipelines.training.pretraining.pretrain`, real text
 through the real tokenizer and encoding stages) and saved as model directories. A sentence
 classification task is made from real sentences. Then, per family, in one run:
-- frozen features: `pipelines.transfer.runs.frozen_features` (no cache) vs a bare loop that loads
+- frozen features: `pipelines.transfer.features.frozen_features` (no cache) vs a bare loop
+  that loads
   the same model directory, tokenizes with the same specials and max_len, runs batches of 32
   under no_grad with every hidden state and reads each layer at the family's token ([CLS] for
   BERT, the last token for GPT). Timed end to end (load, tokenize, forward); the two must give
@@ -45,7 +46,8 @@ from pipelines.data.sentences import split_sentences
 from pipelines.data.task_data import Example, TaskData
 from pipelines.models.saved import load_pretrained
 from pipelines.training.pretraining import PretrainJob, pretrain
-from pipelines.transfer.runs import Evaluation, TransferConfig, frozen_features, run_transfer
+from pipelines.transfer.features import frozen_features
+from pipelines.transfer.runs import Evaluation, TransferConfig, run_transfer
 from pretrainlab.config import Spec, spec_from_dict
 
 GOAL = 0.9

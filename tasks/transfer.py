@@ -22,9 +22,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.data.task_data as task_data_lib
+import pipelines.data.task_splits as task_splits
 import pipelines.models.hf_import as checkpoints_lib
 import pipelines.transfer.baselines as baselines_lib
+import pipelines.transfer.features as features_lib
 import pipelines.transfer.heads as heads_lib
+import pipelines.transfer.metrics as metrics_lib
+import pipelines.transfer.protocol as protocol_lib
 import pipelines.transfer.runs as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec, parse_mode
 from storage import registry, tracking
@@ -37,7 +41,10 @@ from tasks.progress import stage_logger
 from tasks.stage import cached_output, content_key, store_of
 from tasks.tracking import open_tracking
 
-CODE = [transfer_lib, heads_lib, task_data_lib]
+# The code that computes a run's rows: editing any of it recomputes them.
+CODE = [
+    transfer_lib, heads_lib, metrics_lib, features_lib, protocol_lib, task_data_lib, task_splits
+]
 ROWS_VERSION = 3  # 2: dev rows carry metric "step"; 3: step-based protocol, `epoch` holds the
 # dev evaluation's index, test rows add metrics "steps" and "converged" (1.0 or 0.0)
 Item = tuple[int, str, str, float, int | None]  # evaluation, split, metric, value, layer
@@ -109,7 +116,7 @@ def load_task(spec: Spec, task_spec: TaskSpec) -> task_data_lib.TaskData:
 
 def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) -> dict:
     key = content_key({"task": data.fingerprint, "method": method, "budget": budget,
-                       "seed": seed}, [baselines_lib, task_data_lib])
+                       "seed": seed}, [baselines_lib, task_data_lib, task_splits])
     return _result(spec, data.name, key,
                    lambda path: _baseline_rows(spec, data, method, budget, seed, path))
 
@@ -158,10 +165,6 @@ def _features_dir(spec: Spec, family: str) -> Path:
     return Layout.at(spec.store).features_of(family)
 
 
-def _headline(data: Any) -> str:
-    return "span_f1" if data.kind == "tag" and transfer_lib.is_bio(data.labels) else "accuracy"
-
-
 def _transfer_one(spec: Spec, data: Any, family: str, model: ModelRef, mode: str,
                   budget: Any, seed: int) -> dict[str, Any]:
     """One (budget, seed) of a mode: its rows, reused or computed."""
@@ -183,7 +186,7 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
                                             train, _config(spec, mode, lr, seed),
                                             _features_dir(spec, family))
               for lr in grid}
-    headline = _headline(data)
+    headline = metrics_lib.headline(data)
     best_lr = max(grid, key=lambda lr: trials[lr].dev.get(headline, float("-inf")))
     best = trials[best_lr]
     mix = list(enumerate(best.mix_weights or []))

@@ -31,7 +31,6 @@ test metrics and per-item test predictions with the weights of the best dev eval
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,8 +41,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 
+from pipelines.transfer.features import (
+    SPLITS,
+    device,
+    frozen_features,
+    pad_id,
+)
 from pipelines.transfer.heads import (
     Encoded,
     Encoder,
@@ -54,6 +58,7 @@ from pipelines.transfer.heads import (
     load_encoder,
     pooled_states,
 )
+from pipelines.transfer.metrics import headline, score_split
 from pipelines.transfer.protocol import (
     TransferConfig,
     check_config,
@@ -62,14 +67,10 @@ from pipelines.transfer.protocol import (
     plan,
 )
 from pretrainlab.config import Mode, parse_mode
-from storage.atomic import atomic_dir, is_complete, write_manifest
-from storage.hashing import stable_hash
 
 if TYPE_CHECKING:
     from pipelines.data.task_data import Example, TaskData
 
-SPLITS = ("train", "dev", "test")
-FEATURES_FORMAT = "pretrainlab-transfer-features-v1"
 
 
 @dataclass(frozen=True)
@@ -102,82 +103,6 @@ class TransferResult:
     mix_weights: list[float] | None  # the scalar mix's softmax weights, when there is a mix
     train_examples: int
     seconds: float
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def _chunk_end(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
-    return (
-        prev_tag in ("E", "S")
-        or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
-        or (prev_tag not in ("O", ".") and prev_type != type_)
-    )
-
-
-def _chunk_start(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
-    return (
-        tag in ("B", "S")
-        or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
-        or (tag not in ("O", ".") and prev_type != type_)
-    )
-
-
-def spans(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """(type, first, last) entity spans of a BIO/BIOES sequence, read as seqeval's default
-    (conlleval) mode reads it: an I- after O or after another type starts a span."""
-    found, prev_tag, prev_type, begin = set(), "O", "", 0
-    for i, chunk in enumerate([*tags, "O"]):
-        tag = chunk[0] if chunk else "O"
-        type_ = chunk[1:].split("-", maxsplit=1)[-1] or "_"
-        if _chunk_end(prev_tag, tag, prev_type, type_):
-            found.add((prev_type, begin, i - 1))
-        if _chunk_start(prev_tag, tag, prev_type, type_):
-            begin = i
-        prev_tag, prev_type = tag, type_
-    return found
-
-
-def span_f1(true: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> float:
-    """Micro span F1 over sentences, as `seqeval.metrics.f1_score` computes it."""
-    n_true = n_pred = n_correct = 0
-    for t, p in zip(true, pred, strict=True):
-        gold, guess = spans(t), spans(p)
-        n_true, n_pred, n_correct = (
-            n_true + len(gold),
-            n_pred + len(guess),
-            n_correct + len(gold & guess),
-        )
-    precision = n_correct / n_pred if n_pred else 0.0
-    recall = n_correct / n_true if n_true else 0.0
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
-def is_bio(labels: Sequence[str]) -> bool:
-    """A tag set of entity spans: every tag O or X-TYPE with X in B/I/E/S, some not O."""
-    return any(t != "O" for t in labels) and all(
-        t == "O" or (len(t) > 2 and t[0] in "BIES" and t[1] == "-") for t in labels
-    )
-
-
-def _metrics(
-    task: TaskData, gold: np.ndarray, pred: np.ndarray, item_offsets: np.ndarray
-) -> dict[str, float]:
-    metrics = {
-        "accuracy": float((gold == pred).mean()) if len(gold) else 0.0,
-        "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
-    }
-    if task.kind == "tag" and is_bio(task.labels):
-        names = np.asarray(task.labels + task.unseen)
-        cuts = list(itertools.pairwise(item_offsets))
-        metrics["span_f1"] = span_f1(
-            [list(names[gold[a:b]]) for a, b in cuts], [list(names[pred[a:b]]) for a, b in cuts]
-        )
-    return metrics
-
-
-def _headline(task: TaskData) -> str:
-    return "span_f1" if task.kind == "tag" and is_bio(task.labels) else "accuracy"
 
 
 # ----------------------------------------------------------------------------- labels & splits
@@ -263,86 +188,6 @@ class CachedSource:
     def features(self, split: str, examples: Sequence[int]) -> torch.Tensor:
         rows = self.rows[split][self.splits[split].items(examples)]
         return torch.from_numpy(np.ascontiguousarray(self.arrays[split][rows][:, :, self.layers]))
-
-
-# ----------------------------------------------------------------------------- frozen features
-
-
-def _model_identity(model_dir: Path) -> list[list[Any]]:
-    """What the saved model is, cheaply: every file's relative path, size and mtime."""
-    return [
-        [str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns]
-        for p in sorted(model_dir.rglob("*"))
-        if p.is_file()
-    ]
-
-
-def extract_features(
-    encoder: Encoder, encoded: Encoded, batch_size: int, pad_id: int
-) -> np.ndarray:
-    """(items, G, L, D) pooled features of every layer; the encoder in eval mode, no grad."""
-    encoder.eval()
-    layers = tuple(range(encoder.n_blocks + 1))
-    n = len(encoded.seq_offsets) - 1
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            batch = range(start, min(start + batch_size, n))
-            chunks.append(pooled_states(encoder, encoded, batch, layers, pad_id).cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
-
-
-def frozen_features(
-    family: str, model_dir: Path, task: TaskData, max_len: int, feature_cache: Path | None = None
-) -> dict[str, np.ndarray]:
-    """The pooled per-layer features of every train/dev/test example of `task`.
-
-    With `feature_cache`, computed once per (model files, task content, family, max_len) and
-    read back from `<feature_cache>/<task>-<family>-<key>/<split>.npy` afterwards.
-    """
-    model_dir = Path(model_dir)
-    key = stable_hash(
-        {
-            "format": FEATURES_FORMAT,
-            "family": family,
-            "task": task.fingerprint,
-            "kind": task.kind,
-            "max_len": max_len,
-            "model": _model_identity(model_dir),
-        }
-    )[:16]
-    directory = Path(feature_cache) / f"{task.name}-{family}-{key}" if feature_cache else None
-    if directory is not None and is_complete(directory):
-        return {s: np.load(directory / f"{s}.npy", mmap_mode="r") for s in SPLITS}
-    encoder, tokenizer, _ = load_encoder(family, model_dir)
-    encoder.to(device())
-    inputs = family_inputs(family, tokenizer, max_len, encoder.max_positions)
-    arrays = {
-        s: extract_features(
-            encoder, encode_examples(inputs, task.kind, getattr(task, s)), 32, _pad(tokenizer)
-        )
-        for s in SPLITS
-    }
-    if directory is not None:
-        with atomic_dir(directory) as tmp:
-            for split, array in arrays.items():
-                np.save(tmp / f"{split}.npy", array)
-            write_manifest(
-                tmp,
-                {
-                    "format": FEATURES_FORMAT,
-                    "family": family,
-                    "task": task.name,
-                    "model_dir": str(model_dir),
-                    "max_len": max_len,
-                    "shapes": {s: list(a.shape) for s, a in arrays.items()},
-                },
-            )
-    return arrays
-
-
-def _pad(tokenizer: Any) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _cached_source(
@@ -443,7 +288,7 @@ def _fit(
     """Train for the planned steps (protocol.py), evaluate on dev every `eval_every` steps,
     stop after `patience` evaluations without improvement once `min_steps` are done, then
     restore the best evaluation's weights and score the test split."""
-    train, headline = splits["train"], _headline(task)
+    train, judged_by = splits["train"], headline(task)
     schedule = plan(config, len(train.examples))
     optimizer = _optimizer(head, source, config, loaded)
     target = head.linear.weight.device
@@ -466,12 +311,12 @@ def _fit(
         if step % schedule.eval_every and step < schedule.steps:
             continue
         pred = _predict(head, source, splits["dev"], "dev", config.batch_size)
-        dev = _metrics(task, splits["dev"].labels, pred, splits["dev"].item_offsets)
+        dev = score_split(task, splits["dev"].labels, pred, splits["dev"].item_offsets)
         curve.append(Evaluation(len(curve) + 1, step, "dev", dev))
         if on_eval is not None:
             on_eval(curve[-1])
-        if dev[headline] > best_score:
-            best, best_score = len(curve), dev[headline]
+        if dev[judged_by] > best_score:
+            best, best_score = len(curve), dev[judged_by]
             best_state = [copy.deepcopy(m.state_dict()) for m in trainable]
         elif step >= config.min_steps and len(curve) - best >= config.patience:
             plateaued = True
@@ -487,7 +332,7 @@ def _fit(
         steps=step,
         converged=is_converged(best, len(curve), plateaued),
         dev=curve[best - 1].metrics,
-        test=_metrics(task, test.labels, pred, test.item_offsets),
+        test=score_split(task, test.labels, pred, test.item_offsets),
         test_predictions=Predictions(
             example=tuple(
                 np.repeat(np.arange(len(test.examples)), np.diff(test.item_offsets)).tolist()
@@ -499,11 +344,6 @@ def _fit(
         train_examples=len(train.examples),
         seconds=time.perf_counter() - start,
     )
-
-
-def device() -> torch.device:
-    """Where transfer runs: the GPU when there is one (same results on CPU, bit for bit)."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def build_trainable(family: str, model_dir: Path, mode: Mode) -> tuple[Encoder, Any, set[str]]:
@@ -581,7 +421,7 @@ def run_transfer(
     inputs = family_inputs(family, tokenizer, config.max_len, encoder.max_positions)
     encoded = {s: encode_examples(inputs, task.kind, splits[s].examples) for s in SPLITS}
     layers = encoder.reading_layers()
-    source = EncoderSource(encoder, encoded, layers, _pad(tokenizer))
+    source = EncoderSource(encoder, encoded, layers, pad_id(tokenizer))
     shape = (len(layers), len(encoded["train"].items[0]), encoder.dim)
     return _train_head(task, splits, source, shape, config, loaded, on_eval, start)
 

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipelines.transfer.runs as transfer
 from pipelines import demo_data
 from pipelines.data.task_data import (
     Example,
@@ -27,7 +26,8 @@ from pipelines.data.task_splits import unit as _unit
 from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
 from pipelines.training.pretraining import PretrainJob, pretrain
 from pipelines.transfer.baselines import most_frequent_tag
-from pipelines.transfer.runs import TransferConfig, run_transfer
+from pipelines.transfer.metrics import score_split
+from pipelines.transfer.runs import TransferConfig, _splits, run_transfer
 from pretrainlab.config import TaskSpec, spec_from_dict
 from tests.pipelines.tiny_lm import SCHEMA, lee_documents
 
@@ -400,9 +400,9 @@ def test_a_tag_seen_once_in_test_trains_and_is_scored_wrong(
 
     # The unseen word's gold index lies past the head's outputs: a prediction right on every
     # other word scores exactly (n - 1) / n, and the B-RARE span is a missed span.
-    test = transfer._splits(task, task.train)["test"]
+    test = _splits(task, task.train)["test"]
     assert int((test.labels >= len(task.labels)).sum()) == 1
     best = np.where(test.labels < len(task.labels), test.labels, 0)
-    scores = transfer._metrics(task, test.labels, best, test.item_offsets)
+    scores = score_split(task, test.labels, best, test.item_offsets)
     assert scores["accuracy"] == (n_test - 1) / n_test and scores["span_f1"] < 1.0
     assert most_frequent_tag(task, task.train)["test"]["accuracy"] <= (n_test - 1) / n_test

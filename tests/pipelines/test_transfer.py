@@ -20,25 +20,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import pipelines.transfer.features as features
+import pipelines.transfer.metrics as metrics
 import pipelines.transfer.runs as transfer
 from pipelines.data.task_data import Example, TaskData
 from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
 from pipelines.models.saved import load_pretrained
 from pipelines.training.pretraining import PretrainJob, pretrain
 from pipelines.transfer.heads import encode_examples, family_inputs, load_encoder, pooled_states
+from pipelines.transfer.metrics import span_f1, spans
 from pipelines.transfer.protocol import Plan, is_converged, lr_factor, plan
 from pipelines.transfer.runs import (
-    Mode,
     TransferConfig,
     TransferError,
     build_trainable,
-    parse_mode,
     probe_layers,
     run_transfer,
-    span_f1,
-    spans,
 )
-from pretrainlab.config import PretrainlabError, spec_from_dict
+from pretrainlab.config import Mode, PretrainlabError, parse_mode, spec_from_dict
 from tests.pipelines.tiny_lm import SCHEMA, lee_documents
 
 FAMILIES = ("word2vec", "elmo", "gpt", "bert")
@@ -412,13 +411,13 @@ def test_the_encoder_runs_once_per_model_and_task(
     tmp_path: Path,
 ) -> None:
     calls = []
-    real = transfer.extract_features
+    real = features.extract_features
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "extract_features", counting)
+    monkeypatch.setattr(features, "extract_features", counting)
     task, cache = tasks["wic"], tmp_path / "features"
     first = run_transfer("bert", models["bert"], task, task.train, config("frozen"), cache)
     assert len(calls) == 3  # train, dev, test
@@ -580,4 +579,4 @@ def test_span_f1_matches_seqeval_on_a_hand_made_example() -> None:
     assert spans(["I-PER", "I-PER", "O"]) == {("PER", 0, 1)}  # I- after O starts a span
     assert spans(["B-PER", "I-LOC", "B-LOC"]) == {("PER", 0, 0), ("LOC", 1, 1), ("LOC", 2, 2)}
     assert span_f1([["O", "O"]], [["O", "O"]]) == 0.0
-    assert transfer.is_bio(["O", "B-X", "I-X"]) and not transfer.is_bio(["IN", "NN", "DT"])
+    assert metrics.is_bio(["O", "B-X", "I-X"]) and not metrics.is_bio(["IN", "NN", "DT"])

@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow
 
 from pipelines.training.adaptation import choose_parent
-from pretrainlab.config import Mode, Spec
+from pretrainlab.config import Mode, Spec, parse_mode
 from storage.registry import ModelRef
 from tasks.pretrain import adapt_model
 from tasks.tracking import publish_transfer_summary
@@ -25,9 +25,10 @@ from tasks.transfer import (
 )
 
 
-def _applies(name: str, model: ModelRef, mode: Mode) -> bool:
+def _applies(name: str, model: ModelRef, mode: Mode | str) -> bool:
     """word2vec has one static layer: nothing to load partially or pick. An adapted model's
     scratch run would repeat its parent's exactly (same config, same seed): skipped."""
+    mode = parse_mode(mode)  # a spec edited in code may hold plain strings
     if model.architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")

@@ -88,7 +88,8 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
         statuses += [_pretrain_status(spec, f, corpus.corpus_id) for f in spec.pretrain.families]
     if reach >= STAGES.index("transfer"):
         sweep = spec.transfer
-        runs = len(sweep.tasks) * len(sweep.budgets) * len(sweep.seeds) * len(sweep.modes)
+        modes = sum(len(task.modes or sweep.modes) for task in sweep.tasks)
+        runs = modes * len(sweep.budgets) * len(sweep.seeds)
         detail = f"{len(sweep.tasks)} task(s), up to {runs} runs per family; cached rows reused"
         out = Layout.at(spec.store).results
         statuses.append(_whole_stage_status(spec, "transfer", corpus.corpus_id, out, detail))

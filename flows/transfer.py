@@ -54,7 +54,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 parent = choose_parent(pretrained | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
         for name, model in task_models.items():
-            for mode in [m for m in sweep.modes if _applies(name, model, m)]:
+            for mode in [m for m in task_spec.modes or sweep.modes if _applies(name, model, m)]:
                 runs += run_transfer(spec, data, name, model, mode)
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]

@@ -194,3 +194,25 @@ def test_adaptation_and_checkpoint_names_are_checked_once(
         spec_from_dict({**MINIMAL, "transfer": transfer, "pretrain": pretrain})
     ok = {"adapt": {"families": ["mine"]}, "checkpoints": [{"name": "mine", "path": "x"}]}
     assert spec_from_dict({**MINIMAL, "transfer": ok}).transfer.adapt is not None
+
+
+def test_a_task_may_run_its_own_modes_each_with_a_grid() -> None:
+    """A probing task (WiC) can run only frozen modes while the sweep fine-tunes elsewhere; its
+    modes parse at load like the sweep's and need a rate grid too."""
+    data = {
+        "corpus": {"sources": [{"path": "corpus.txt"}]},
+        "transfer": {
+            "modes": ["scratch", "finetune"],
+            "tasks": [{"name": "wic", "kind": "wic", "train": "w.jsonl",
+                       "modes": ["frozen", "frozen:layer=0"]}],
+        },
+    }
+    spec = spec_from_dict(data)
+    assert [m.layer for m in spec.transfer.tasks[0].modes] == [None, 0]
+    data["transfer"]["tasks"][0]["modes"] = ["frozn"]
+    with pytest.raises(SpecError, match=r"tasks\[0\]\.modes\[0\].*unknown transfer mode 'frozn'"):
+        spec_from_dict(data)
+    data["transfer"]["tasks"][0]["modes"] = ["frozen"]
+    data["transfer"]["lrs"] = {"scratch": [1e-3], "finetune": [1e-3]}
+    with pytest.raises(SpecError, match=r"tasks\[wic\]\.modes: frozen draws .* lrs\.frozen"):
+        spec_from_dict(data)

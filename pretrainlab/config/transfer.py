@@ -30,6 +30,10 @@ class TaskSpec(Strict):
     dev_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_examples: int | None = Field(None, ge=1, description="Cap per split (demo speed).")
+    modes: list[Mode] | None = Field(
+        None, description="This task's transfer modes; default transfer.modes (e.g. only frozen "
+        "modes on a probing task)."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> TaskSpec:
@@ -138,10 +142,13 @@ class TransferSpec(Strict):
 
     @model_validator(mode="after")
     def _every_mode_has_a_grid(self) -> TransferSpec:
-        for mode in self.modes:
+        """Every mode a run can meet (the sweep's and any task's own) has a rate grid."""
+        for where, mode in [("modes", m) for m in self.modes] + [
+            (f"tasks[{t.name}].modes", m) for t in self.tasks for m in t.modes or []
+        ]:
             if mode.name not in self.lrs:
                 raise ValueError(
-                    f"modes: {mode!s} draws its learning rates from lrs.{mode.name}, which is "
+                    f"{where}: {mode!s} draws its learning rates from lrs.{mode.name}, which is "
                     f"missing; add lrs.{mode.name}: [..] (grids: {', '.join(self.lrs)})"
                 )
         return self

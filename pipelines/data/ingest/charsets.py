@@ -122,7 +122,10 @@ def guess(data: bytes) -> str | None:
     """charset-normalizer's best guess (Python codec name) for `data`, or None."""
     from charset_normalizer import from_bytes  # lazy: only a failed decode pays its import
 
-    best = from_bytes(data[:SNIFF_BYTES]).best()
+    data = data[:SNIFF_BYTES]
+    if len(data) == SNIFF_BYTES and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        data = data[: data.rfind(b"\n") + 1] or data  # a character cut in two fits no codec
+    best = from_bytes(data).best()
     return None if best is None else best.encoding
 
 

@@ -53,6 +53,7 @@ def _source_input(
         doc_per=source.doc_per,
         limit=source.limit,
         label=label,
+        encoding=source.encoding,
     )
 
 
@@ -98,6 +99,7 @@ def plan_corpus_plain(spec: Spec) -> CorpusPlan:
             "text_field": src.text_field,
             "doc_per": src.doc_per,
             "limit": src.limit,
+            "encoding": ingest_lib.charsets.codec_name(src.encoding),
             "files": _fingerprints(src.paths),
         }
         for src in inputs
@@ -151,6 +153,8 @@ def build_corpus(spec: Spec, plan: CorpusPlan) -> dict[str, Any]:
         f"{stats['duplicates']:,} duplicates, {stats['rejected']:,} rejected "
         f"{stats['rejected_by_reason']} in {seconds:.1f}s"
     )
+    for hint in stats["encoding_hints"].values():
+        log.warning(hint)
     return {**manifest, "output": str(plan.directory), "cache_hit": False}
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from pipelines import demo_data
 from pipelines.data import task_splits
+from pipelines.data.ingest.charsets import open_text, undecodable_file
 from pretrainlab.config import PretrainlabError, TaskSpec
 from storage.hashing import SHORT, canonical_json, sha256_bytes
 
@@ -133,8 +134,8 @@ def _format(path: Path, declared: str, kind: str) -> str:
     return fmt
 
 
-def _delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+def _delimited(path: Path, delimiter: str, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open_text(path, encoding, newline="") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if not header:
@@ -150,8 +151,8 @@ def _delimited(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]
             yield reader.line_num, dict(zip(header, row, strict=True))
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8-sig") as handle:
+def _jsonl(path: Path, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open_text(path, encoding) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -168,10 +169,10 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record
 
 
-def _records(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _records(path: Path, fmt: str, encoding: str) -> Iterator[tuple[int, dict[str, Any]]]:
     if fmt == "jsonl":
-        return _jsonl(path)
-    return _delimited(path, "\t" if fmt == "tsv" else ",")
+        return _jsonl(path, encoding)
+    return _delimited(path, "\t" if fmt == "tsv" else ",", encoding)
 
 
 def _field(record: dict[str, Any], name: str, where: str) -> Any:
@@ -243,7 +244,7 @@ def _example(kind: str, record: dict[str, Any], fields: dict[str, str], where: s
     )
 
 
-def _conll(path: Path) -> Iterator[_Located]:
+def _conll(path: Path, encoding: str) -> Iterator[_Located]:
     """`token<TAB>tag` (or space-separated) lines, a blank line between sentences.
 
     The column count is fixed by the first token line; the word is the first column and the
@@ -253,7 +254,7 @@ def _conll(path: Path) -> Iterator[_Located]:
     words: list[str] = []
     tags: list[str] = []
     start = 0
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path, encoding) as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip() or line.startswith("-DOCSTART-"):
@@ -277,16 +278,19 @@ def _conll(path: Path) -> Iterator[_Located]:
         yield _Located(Example(words=tuple(words), tags=tuple(tags)), f"{path}:{start}")
 
 
-def _read(path: Path, kind: str, fmt: str, fields: dict[str, str]) -> list[_Located]:
+def _read(path: Path, kind: str, fmt: str, fields: dict[str, str], enc: str) -> list[_Located]:
     if not path.is_file():
         raise TaskDataError(f"task file {path} does not exist")
-    if fmt == "conll":
-        examples = list(_conll(path))
-    else:
-        examples = [
-            _Located(_example(kind, record, fields, f"{path}:{number}"), f"{path}:{number}")
-            for number, record in _records(path, fmt)
-        ]
+    try:
+        if fmt == "conll":
+            examples = list(_conll(path, enc))
+        else:
+            examples = [
+                _Located(_example(kind, record, fields, f"{path}:{number}"), f"{path}:{number}")
+                for number, record in _records(path, fmt, enc)
+            ]
+    except UnicodeDecodeError:
+        raise TaskDataError(undecodable_file(path, enc, "task")) from None
     if not examples:
         raise TaskDataError(f"{path}: the file holds no examples (empty, or a header only)")
     return examples
@@ -398,7 +402,9 @@ def load_task(spec: TaskSpec, data_dir: Path | None = None) -> TaskData:
         split: [
             item
             for path in files.get(split, [])
-            for item in _read(path, spec.kind, _format(path, declared, spec.kind), fields)
+            for item in _read(
+                path, spec.kind, _format(path, declared, spec.kind), fields, spec.encoding
+            )
         ]
         for split in SPLITS
     }

@@ -6,10 +6,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from pretrainlab.config.base import Strict
+from pretrainlab.config.base import Encoding, Strict
 
 SourceFormat = Literal["auto", "text", "jsonl", "csv", "parquet", "mediawiki"]
 DocUnit = Literal["line", "paragraph", "file"]
+
 
 class SourceSpec(Strict):
     """One input of the corpus: a path (file, directory or glob) or a named demo dataset."""
@@ -20,6 +21,9 @@ class SourceSpec(Strict):
     text_field: str = Field("text", description="Column/key holding text (CSV, JSONL, Parquet).")
     doc_per: DocUnit = Field("line", description="Plain text: one doc per line|paragraph|file.")
     limit: int | None = Field(None, ge=1, description="Keep at most this many documents.")
+    encoding: Encoding = Field(
+        "utf-8", description="Text/JSONL/CSV bytes: utf-8, gb18030 (GBK), big5, utf-16, ..."
+    )
 
     @model_validator(mode="after")
     def _one_of_path_or_dataset(self) -> SourceSpec:
@@ -68,4 +72,3 @@ class TokenizersSpec(Strict):
     gpt: BPESpec = BPESpec()
     word: WordLevelSpec = WordLevelSpec()
     max_sentence_tokens: int = Field(256, ge=8, description="Longer sentences are cut.")
-

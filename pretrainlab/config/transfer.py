@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pretrainlab.config.base import Strict
+from pretrainlab.config.base import Encoding, Strict
 from pretrainlab.config.families import RESERVED_NAMES, Family
 from pretrainlab.config.modes import MODES, Mode
 
@@ -27,6 +27,7 @@ class TaskSpec(Strict):
     text_field: str = "text"
     text_b_field: str = Field("text_b", description="Pair/WiC: the second text.")
     label_field: str = "label"
+    encoding: Encoding = Field("utf-8", description="Bytes of the task files: gb18030, big5...")
     dev_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     max_examples: int | None = Field(None, ge=1, description="Cap per split (demo speed).")

@@ -520,7 +520,7 @@ def test_wrong_compression_and_bad_xml_are_errors(tmp_path: Path) -> None:
 def test_utf16_file_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "a.txt"
     path.write_bytes("hello\nworld\n".encode("utf-16"))
-    with pytest.raises(IngestError, match=r"a\.txt: the file is UTF-16.*iconv"):
+    with pytest.raises(IngestError, match=r"a\.txt: the file is UTF-16.*`encoding: utf-16`.*iconv"):
         ingest([source(path)], IngestSettings(), tmp_path / "out")
 
 
@@ -546,3 +546,121 @@ def test_bad_settings_are_errors() -> None:
         IngestSettings(min_chars=10, max_chars=5)
     with pytest.raises(IngestError, match="valid_fraction"):
         IngestSettings(valid_fraction=1.0)
+
+
+# --- encodings -------------------------------------------------------------------------------
+
+SIMPLIFIED = [
+    "中华人民共和国成立于一九四九年，北京是中国的首都。",
+    "我们今天去公园散步，天气很好，孩子们在草地上玩耍。",
+    "经济发展需要科学技术的支持，教育是国家的根本。",
+    "这部电影非常好看，演员的表演自然，我很喜欢。",
+]
+TRADITIONAL = [
+    "繁體中文在臺灣和香港使用，這是一個測試句子。",
+    "我們今天去公園散步，天氣很好，孩子們在草地上玩耍。",
+    "經濟發展需要科學技術的支持，教育是國家的根本。",
+]
+
+
+def chinese_lines(sentences: list[str], n: int) -> list[str]:
+    return [f"{sentences[i % len(sentences)]}第{i}行" for i in range(n)]
+
+
+def test_gbk_source_reads_with_encoding_and_names_gbk_without(tmp_path: Path) -> None:
+    docs = chinese_lines(SIMPLIFIED, 3000)  # ~200 KB: characters cross the decoder's reads
+    path = tmp_path / "news.txt.gz"
+    path.write_bytes(gzip.compress("\n".join(docs).encode("gbk") + b"\n"))
+    stats, rows, rejects = run(tmp_path, source(path, encoding="gbk"), valid_fraction=0.0)
+    assert texts(rows) == docs and rejects == [] and stats.encoding_hints == {}
+    with pytest.raises(IngestError) as error:
+        ingest([source(path)], IngestSettings(), tmp_path / "utf8")
+    message = str(error.value)
+    assert "every rejected record (3,000) is not valid text" in message
+    assert "news.txt.gz: 3,000 records are not valid UTF-8 (the first at line 1)" in message
+    assert "GB18030/GBK" in message and "set `encoding: gb18030` on this source" in message
+    written = pq.read_table(tmp_path / "utf8" / "rejects.parquet").to_pylist()
+    assert len(written) == 3000 and {r["reason"] for r in written} == {"invalid_utf8"}
+
+
+def test_big5_is_detected_as_big5_and_reads_with_encoding(tmp_path: Path) -> None:
+    docs = chinese_lines(TRADITIONAL, 40)
+    path = tmp_path / "tw.txt"
+    path.write_bytes("\n".join(docs).encode("big5"))
+    with pytest.raises(IngestError, match=r"tw\.txt: 40 records .*Big5.*`encoding: big5`"):
+        ingest([source(path)], IngestSettings(), tmp_path / "utf8")
+    _, rows, _ = run(tmp_path, source(path, encoding="big5"), valid_fraction=0.0)
+    assert texts(rows) == docs
+
+
+@pytest.mark.parametrize("doc_per", ["line", "paragraph", "file"])
+def test_a_declared_encoding_gives_the_corpus_utf8_gives(tmp_path: Path, doc_per: str) -> None:
+    """Recoding is invisible downstream: the same text in GB18030 (CRLF, blank lines, a BOM-less
+    file) makes the same documents, ids and splits as in UTF-8."""
+    lines = chinese_lines(SIMPLIFIED, 34)
+    text = "\r\n".join([*lines[:25], "", *lines[25:], lines[0]])  # a duplicate, too
+    (tmp_path / "utf8").mkdir()
+    (tmp_path / "gb").mkdir()
+    (tmp_path / "utf8" / "a.txt").write_bytes(text.encode("utf-8"))
+    (tmp_path / "gb" / "a.txt").write_bytes(text.encode("gb18030"))
+    plain = run(tmp_path, source(tmp_path / "utf8" / "a.txt", doc_per=doc_per), out="o1")
+    recoded = run(
+        tmp_path, source(tmp_path / "gb" / "a.txt", doc_per=doc_per, encoding="GB18030"), out="o2"
+    )
+    keep = ("doc_id", "text", "n_chars", "split")
+    assert [{k: r[k] for k in keep} for r in plain[1]] == [
+        {k: r[k] for k in keep} for r in recoded[1]
+    ]
+    assert plain[0].rejected_by_reason == recoded[0].rejected_by_reason
+
+
+def test_gbk_jsonl_csv_and_parquet_binary_with_encoding(tmp_path: Path) -> None:
+    docs = chinese_lines(SIMPLIFIED, 6)
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_bytes(
+        "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs).encode("gbk")
+    )
+    tsv = tmp_path / "b.tsv"
+    tsv.write_bytes(
+        ("text\tid\n" + "".join(f"{d}\t{i}\n" for i, d in enumerate(docs))).encode("gbk")
+    )
+    table = pa.table({"text": pa.array([d.encode("gbk") for d in docs], pa.binary())})
+    pq.write_table(table, tmp_path / "c.parquet")
+    for name in ("a.jsonl", "b.tsv", "c.parquet"):
+        _, rows, _ = run(tmp_path, source(tmp_path / name, encoding="gbk"), out=f"out-{name}")
+        assert sorted(texts(rows)) == sorted(docs), name
+
+
+def test_bytes_bad_in_the_declared_encoding_are_rejected_and_counted(tmp_path: Path) -> None:
+    lines = chinese_lines(SIMPLIFIED, 4)
+    path = tmp_path / "a.txt"
+    path.write_bytes("\n".join(lines).encode("gbk") + b"\nok \x81\xff!\n")
+    stats, rows, rejects = run(tmp_path, source(path, encoding="gbk"), valid_fraction=0.0)
+    assert texts(rows) == lines
+    assert [(r["position"], r["reason"], r["sample"]) for r in rejects] == [
+        (5, "invalid_encoding", "ok \ufffd\ufffd!")
+    ]
+    assert stats.rejected_by_reason == {"invalid_encoding": 1}
+    assert stats.encoding_hints[str(path)].startswith(
+        f"{path}: 1 record is not valid gbk (the first at line 5); too few bytes to tell"
+    )
+
+
+def test_one_gbk_file_among_utf8_ones_is_named_in_the_stats(tmp_path: Path) -> None:
+    (tmp_path / "corpus").mkdir()
+    write_lines(tmp_path / "corpus" / "a.txt", DOCS)
+    gbk = tmp_path / "corpus" / "b.txt"
+    gbk.write_bytes("\n".join(chinese_lines(SIMPLIFIED, 20)).encode("gbk"))
+    stats, rows, _ = run(tmp_path, source(resolve_paths(str(tmp_path / "corpus"))))
+    assert texts(rows) == DOCS and stats.rejected_by_reason == {"invalid_utf8": 20}
+    assert list(stats.encoding_hints) == [str(gbk)]
+    assert "`encoding: gb18030`" in stats.encoding_hints[str(gbk)]
+
+
+def test_utf16_reads_with_encoding_and_xml_refuses_one(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes("hello\n世界\n".encode("utf-16"))
+    _, rows, _ = run(tmp_path, source(path, encoding="utf-16"), valid_fraction=0.0)
+    assert texts(rows) == ["hello", "世界"]
+    with pytest.raises(IngestError, match=r"declares its own encoding; remove `encoding: gbk`"):
+        ingest([source(WIKI, encoding="gbk")], IngestSettings(), tmp_path / "wiki")

@@ -286,6 +286,47 @@ def test_empty_file_and_unknown_format(tmp_path: Path) -> None:
         load_task(_spec(train=str(odd)))
 
 
+REVIEWS = [
+    ("这部电影非常好看，演员的表演自然，我很喜欢", "正面"),
+    ("剧情太无聊了，浪费时间", "负面"),
+]
+
+
+def test_gbk_task_csv_loads_with_encoding_and_names_gbk_without(tmp_path: Path) -> None:
+    rows = [(f"{text}，第{i}条。", label) for i in range(30) for text, label in REVIEWS]
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(
+        ("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows)).encode("gbk")
+    )
+    task = load_task(_spec(train=str(path), encoding="gbk"))
+    assert task.labels == ("正面", "负面")
+    loaded = task.train + task.dev + task.test
+    assert sorted((e.text_a, e.label) for e in loaded) == sorted(rows)
+    with pytest.raises(
+        TaskDataError,
+        match=r"reviews\.csv:2: not valid UTF-8; it looks like GB18030/GBK .*"
+        r"set `encoding: gb18030` on this task",
+    ):
+        load_task(_spec(train=str(path)))
+
+
+def test_big5_conll_is_detected_as_big5(tmp_path: Path) -> None:
+    text = "繁體中文測試臺灣天氣我們今天公園散步一個例子很好"
+    words = [text[i : i + 2] for i in range(0, len(text), 2)]
+    lines = [f"{w}\tN\n{words[(i + 3) % len(words)]}\tV\n\n" for i, w in enumerate(words * 3)]
+    path = tmp_path / "pos.conll"
+    path.write_bytes("".join(lines).encode("big5"))
+    with pytest.raises(TaskDataError, match=r"pos\.conll:1: .*Big5.*`encoding: big5` on this task"):
+        load_task(_spec(kind="tag", train=str(path)))
+    task = load_task(_spec(kind="tag", train=str(path), encoding="big5"))
+    assert {w for e in task.train + task.dev + task.test for w in e.words} == set(words)
+
+
+def test_unknown_encoding_is_a_spec_error() -> None:
+    with pytest.raises(ValueError, match="unknown text encoding 'gbkk'"):
+        _spec(train="x.csv", encoding="gbkk")
+
+
 def test_unknown_kind_is_refused() -> None:
     spec = _spec(train="x.csv").model_copy(update={"kind": "regress"})
     with pytest.raises(TaskDataError, match="unknown kind 'regress'"):

@@ -6,6 +6,7 @@ Read it in this order:
 
     records.py   schemas, settings, limits, and the records passed between the steps
     sources.py   files from a path, directory, glob or URL; opening and decompressing them
+    charsets.py  a declared non-UTF-8 `encoding` recoded on the fly; the likely one on failure
     readers.py   one reader per format (text, JSONL, CSV, Parquet, MediaWiki XML) -> Batches
     cleaning.py  the same cleaning for every format: NFC, reject reasons, the dedup index
     writer.py    Parquet parts (doc_id, split) and rejects.parquet
@@ -24,7 +25,7 @@ benchmarks/ingest.py for the measurements).
 
 from __future__ import annotations
 
-from pipelines.data.ingest import cleaning, readers, records, sources, stage, writer
+from pipelines.data.ingest import charsets, cleaning, readers, records, sources, stage, writer
 from pipelines.data.ingest.readers import wiki_text
 from pipelines.data.ingest.records import (
     CORPUS_SCHEMA,
@@ -43,7 +44,7 @@ from pipelines.data.ingest.sources import detect_format, fingerprint_sources, re
 from pipelines.data.ingest.stage import ingest
 
 # Every module whose source decides the corpus's bytes: the corpus id hashes them all.
-CODE = (records, sources, readers, cleaning, writer, stage)
+CODE = (records, charsets, sources, readers, cleaning, writer, stage)
 
 __all__ = [
     "CODE",

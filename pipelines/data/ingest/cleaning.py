@@ -22,6 +22,7 @@ from pipelines.data.ingest.records import (
     IngestSettings,
     Reject,
     sample,
+    undecodable,
 )
 
 BINARY_CONTROL_SHARE = 0.1
@@ -53,7 +54,7 @@ def _screen(positions: list[int], texts: list[str], rejects: list[Reject]) -> _S
             kept.positions.append(position)
             kept.texts.append(text)
         elif SURROGATE.search(text):
-            rejects.append(Reject(position, "invalid_utf8", sample(text)))
+            rejects.append(undecodable(position, text))
         elif "\x00" in text or len(_CONTROL.findall(text)) > BINARY_CONTROL_SHARE * len(text):
             rejects.append(Reject(position, "binary", sample(text)))
         else:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
+from pipelines.data.ingest.charsets import decode
 from pipelines.data.ingest.records import (
     BLOCK_BYTES,
     DOC_UNITS,
@@ -35,6 +36,7 @@ from pipelines.data.ingest.records import (
     Reject,
     SourceInput,
     sample,
+    undecodable,
 )
 from pipelines.data.ingest.sources import open_source, strip_compression
 from storage.remote import RemoteError
@@ -208,7 +210,7 @@ def _read_jsonl(
             if not line.strip():
                 batch.rejects.append(Reject(position, "empty", ""))
             elif not block.valid and _has_surrogates(line):
-                batch.rejects.append(Reject(position, "invalid_utf8", sample(line)))
+                batch.rejects.append(undecodable(position, line))
             else:
                 try:
                     record = json.loads(line)
@@ -272,11 +274,11 @@ _TEXTUAL = (
 )
 
 
-def _parquet_texts(column: pa.Array) -> list[str | None]:
+def _parquet_texts(column: pa.Array, encoding: str) -> list[str | None]:
+    """The column's values; binary ones decoded with the source's encoding (a string column is
+    UTF-8 by Parquet's definition)."""
     if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
-        return [
-            None if v is None else v.decode("utf-8", "surrogateescape") for v in column.to_pylist()
-        ]
+        return [None if v is None else decode(v, encoding) for v in column.to_pylist()]
     return column.to_pylist()
 
 
@@ -301,7 +303,7 @@ def _read_parquet(
         )
     row = 1
     for record_batch in parquet.iter_batches(batch_size=BATCH_RECORDS, columns=[source.text_field]):
-        values = _parquet_texts(record_batch.column(0))
+        values = _parquet_texts(record_batch.column(0), source.encoding)
         batch = Batch()
         for position, value in enumerate(values, row):
             if value is None:
@@ -393,7 +395,7 @@ def read_batches(
     if fmt not in READERS:
         raise IngestError(f"{path}: format must be 'auto' or one of {FORMATS}, got {fmt!r}")
     try:
-        with open_source(path, fmt) as (raw, stream):
+        with open_source(path, fmt, source.encoding) as (raw, stream):
             for batch in READERS[fmt](stream, path, source, settings):
                 yield ReadBatch(raw.tell(), batch)
     except RemoteError:

@@ -36,6 +36,7 @@ REJECTS_SCHEMA = pa.schema(
 )
 REASONS = (
     "invalid_utf8",  # bytes that are not UTF-8 (or a JSON-escaped lone surrogate)
+    "invalid_encoding",  # bytes that are not valid in the source's declared `encoding`
     "binary",  # a NUL, or more than BINARY_CONTROL_SHARE control characters
     "empty",  # fewer than min_chars after stripping
     "too_long",  # more than max_chars
@@ -48,6 +49,7 @@ DOC_UNITS = ("line", "paragraph", "file")
 
 BLOCK_BYTES = 1 << 20  # read unit: amortises per-block work; 4 MiB was no faster, +50 MB RSS
 SAMPLE_CHARS = 200
+UNDECODED_CHARS = 4096  # of an undecodable record, kept for the encoding detector
 MAX_CHARS_LIMIT = 100_000_000  # keeps every batch's text buffer under Arrow's 2 GiB offsets
 # Bytes that may appear in a clean record; the rest are C0 controls (bar tab and newline) and DEL.
 PLAIN_BYTES = bytes(b for b in range(256) if b in (9, 10) or 32 <= b != 127)
@@ -99,6 +101,7 @@ class SourceInput:
     doc_per: str = "line"  # plain text only: "line" | "paragraph" | "file"
     limit: int | None = None  # keep at most this many (new, accepted) documents
     label: str = ""
+    encoding: str = "utf-8"  # of text, JSONL and CSV files and of Parquet binary columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,12 @@ class Reject:
     position: int  # 1-based line, row or page (see REJECTS_SCHEMA)
     reason: str  # one of REASONS
     sample: str
+    undecoded: str = ""  # invalid_utf8: the record's start, lone surrogates kept (not written)
+
+
+def undecodable(position: int, text: str) -> Reject:
+    """The reject of a record whose bytes did not decode (its text holds lone surrogates)."""
+    return Reject(position, "invalid_utf8", sample(text), text[:UNDECODED_CHARS])
 
 
 @dataclass(slots=True)
@@ -159,6 +168,8 @@ class IngestStats:
     bytes_read: int
     parts: int
     sources: list[SourceStats]
+    # file -> why its undecodable records failed and the `encoding` that reads them
+    encoding_hints: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 import zstandard
 
+from pipelines.data.ingest import charsets
 from pipelines.data.ingest.records import BLOCK_BYTES, IngestError
 from storage.hashing import sha256_file
 from storage.remote import ObjectStore, RemoteError, is_url
@@ -151,22 +152,33 @@ def _decompressed(path: Path | RemoteFile, raw: BinaryIO) -> BinaryIO:
 
 
 def _check_encoding(stream: BinaryIO, path: Path | RemoteFile) -> None:
-    """Refuse UTF-16/32 files up front (else every line is a 'binary' reject); drop a UTF-8 BOM."""
+    """Refuse UTF-16/32 files read as UTF-8 up front (else every line is a 'binary' reject);
+    drop a UTF-8 BOM."""
     head = stream.peek(4)[:4]
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise IngestError(
-            f"{path}: the file is UTF-16/32 (byte-order mark {head[:2].hex()}); convert it to "
-            f"UTF-8, e.g. `iconv -f UTF-16 -t UTF-8`"
+            f"{path}: the file is UTF-16/32 (byte-order mark {head[:2].hex()}); set "
+            f"`encoding: utf-16` on this source (or `utf-32`), or convert it to UTF-8, e.g. "
+            f"`iconv -f UTF-16 -t UTF-8`"
         )
     if head.startswith(b"\xef\xbb\xbf"):
         stream.read(3)
 
 
 @contextmanager
-def open_source(path: Path | RemoteFile, fmt: str) -> Iterator[tuple[BinaryIO, BinaryIO]]:
-    """Yield (raw file, decompressed stream); raw.tell() is how far the file has been read."""
+def open_source(
+    path: Path | RemoteFile, fmt: str, encoding: str = "utf-8"
+) -> Iterator[tuple[BinaryIO, BinaryIO]]:
+    """Yield (raw file, decompressed stream); raw.tell() is how far the file has been read.
+
+    The stream of a text, JSONL or CSV file is UTF-8 whatever `encoding` the file is in."""
     if fmt == "parquet" and path.name.lower().endswith(COMPRESSION_SUFFIXES):
         raise IngestError(f"{path}: Parquet is compressed internally; store it uncompressed")
+    if fmt == "mediawiki" and not charsets.is_utf8(encoding):
+        raise IngestError(
+            f"{path}: an XML dump declares its own encoding; remove `encoding: {encoding}` "
+            f"from this source"
+        )
     try:
         if isinstance(path, RemoteFile):  # Parquet seeks to its footer; the rest streams
             raw = path.open_random() if fmt == "parquet" else path.open_stream()
@@ -180,6 +192,8 @@ def open_source(path: Path | RemoteFile, fmt: str) -> Iterator[tuple[BinaryIO, B
             f"regular file and is readable"
         ) from None
     with raw, _decompressed(path, raw) as stream:
-        if fmt in ("text", "jsonl", "csv"):
+        if fmt in ("text", "jsonl", "csv") and charsets.is_utf8(encoding):
             _check_encoding(stream, path)
+        elif fmt in ("text", "jsonl", "csv"):
+            stream = charsets.recoded(stream, encoding, BLOCK_BYTES)
         yield raw, stream

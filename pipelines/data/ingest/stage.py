@@ -8,6 +8,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.data.ingest.charsets import Undecodable
 from pipelines.data.ingest.cleaning import clean
 from pipelines.data.ingest.readers import read_batches
 from pipelines.data.ingest.records import (
@@ -22,6 +23,7 @@ from pipelines.data.ingest.writer import CorpusWriter, RejectsWriter, rejects_fi
 from storage.remote_sources import RemoteFile
 
 PROGRESS_EVERY = 1000
+HINTS_SHOWN = 5  # files named in the error of a corpus that is empty for want of decoding
 
 Progress = Callable[[int, int], None]  # (bytes read, records read)
 
@@ -40,10 +42,27 @@ class _Run:
     bytes_done: int = 0
     reported: int = 0
     by_reason: Counter = field(default_factory=Counter)
+    encoding_hints: dict[str, str] = field(default_factory=dict)
 
     def file(self, path: Path | RemoteFile, source: SourceInput, room: int | None) -> int:
         """Stream one file into the corpus, writing at most `room` new documents."""
         fmt = detect_format(path) if source.format == "auto" else source.format
+        undecodable = Undecodable(source.encoding)
+        try:
+            return self._stream(path, fmt, source, room, undecodable)
+        finally:
+            if undecodable.count:
+                unit = {"parquet": "row", "mediawiki": "page"}.get(fmt, "line")
+                self.encoding_hints[str(path)] = undecodable.hint(path, unit)
+
+    def _stream(
+        self,
+        path: Path | RemoteFile,
+        fmt: str,
+        source: SourceInput,
+        room: int | None,
+        undecodable: Undecodable,
+    ) -> int:
         label, written = str(path), 0
         with closing(read_batches(path, fmt, source, self.settings)) as batches:
             for read in batches:
@@ -53,6 +72,7 @@ class _Run:
                 rejects = candidates.rejects
                 if added.cut is not None:  # the limit was reached inside this batch
                     rejects = [r for r in rejects if r.position <= added.cut]
+                rejects = undecodable.take(rejects)
                 self.rejects.add(label, rejects)
                 self.by_reason.update(r.reason for r in rejects)
                 self.docs_in += added.written + added.duplicates + len(rejects)
@@ -113,12 +133,7 @@ def ingest(
     if progress:
         progress(run.bytes_done, run.docs_in)
     if writer.rows == 0:
-        raise IngestError(
-            f"the corpus is empty after filtering: {run.docs_in} records read from "
-            f"{[s.label or [str(p) for p in s.paths] for s in sources]}, {run.duplicates} "
-            f"duplicates, rejected {dict(run.by_reason)}; see rejects.parquet, or check "
-            f"text_field, doc_per, min_chars and max_chars"
-        )
+        raise IngestError(_empty_message(run, sources))
     return IngestStats(
         docs_in=run.docs_in,
         docs_written=writer.rows,
@@ -132,4 +147,27 @@ def ingest(
         bytes_read=run.bytes_done,
         parts=writer.parts,
         sources=per_source,
+        encoding_hints=run.encoding_hints,
     )
+
+
+def _empty_message(run: _Run, sources: list[SourceInput]) -> str:
+    """Why nothing was written; when records failed to decode, which files and what fixes them."""
+    message = (
+        f"the corpus is empty after filtering: {run.docs_in} records read from "
+        f"{[s.label or [str(p) for p in s.paths] for s in sources]}, {run.duplicates} "
+        f"duplicates, rejected {dict(run.by_reason)}; see rejects.parquet, or check "
+        f"text_field, doc_per, min_chars and max_chars"
+    )
+    if not run.encoding_hints:
+        return message
+    undecoded = run.by_reason["invalid_utf8"] + run.by_reason["invalid_encoding"]
+    if undecoded == run.by_reason.total():
+        message = (
+            f"the corpus is empty: every rejected record ({undecoded:,}) is not valid text in "
+            f"its source's encoding; the wrong `encoding`? ({run.docs_in} records read, "
+            f"{run.duplicates} duplicates; see rejects.parquet)"
+        )
+    hints = list(run.encoding_hints.values())
+    more = f"\n  ... and {len(hints) - HINTS_SHOWN} more files" if len(hints) > HINTS_SHOWN else ""
+    return message + "".join(f"\n  {hint}" for hint in hints[:HINTS_SHOWN]) + more

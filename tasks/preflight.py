@@ -147,6 +147,7 @@ def require_inputs(spec: Spec, origin: str = "the spec", tasks: bool = True) -> 
     """`check_inputs`, raising one InputError that lists every problem."""
     check = check_inputs(spec, tasks)
     if check.problems:
-        lines = [f"{origin}: {len(check.problems)} problem(s) with the inputs; nothing was run or written"]
+        count = len(check.problems)
+        lines = [f"{origin}: {count} problem(s) with the inputs; nothing was run or written"]
         raise InputError("\n".join(lines + [f"  {problem}" for problem in check.problems]))
     return check

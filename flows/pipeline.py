@@ -21,6 +21,7 @@ from storage.tracking import check_tracking_reachable
 from tasks import stamps
 from tasks.ingest import plan_corpus_plain
 from tasks.launch import check_launch
+from tasks.preflight import InputCheck, needs_tasks, require_inputs
 from tasks.pretrain import model_dir
 from tasks.runners import check_compute
 from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
@@ -122,11 +123,19 @@ def _stage(spec: Spec, stage: str, corpus_id: str, results: dict[str, Any],
     return result
 
 
-def preflight(spec: Spec) -> None:
-    """The cheap checks that fail in seconds what would otherwise fail after hours of work."""
+def check_services(spec: Spec) -> None:
+    """The services a run needs are up: fails in seconds what would fail after hours of work."""
     check_tracking_reachable(spec.tracking_uri())  # a down MLflow server, no work lost
     check_compute(spec.compute)  # ... a Dask scheduler that is down
     check_launch(spec)  # ... a torchrun world size the devices cannot hold
+
+
+def preflight(spec: Spec, until: Stage = STAGES[-1], origin: str = "the spec") -> InputCheck:
+    """The cheap checks, before any work: every input the stages up to `until` read (corpus
+    sources; task files when transfer is among them), then the services."""
+    checked = require_inputs(spec, origin, tasks=needs_tasks(until))
+    check_services(spec)
+    return checked
 
 
 @flow(name="pipeline", flow_run_name="pipeline/{spec.experiment}")
@@ -134,7 +143,7 @@ def pipeline(spec: Spec, until: Stage = STAGES[-1], preflighted: bool = False) -
     """Run every stage up to and including `until`; each stage reuses its cached output.
     `preflighted`: the caller (`pretrainlab run`) has just run `preflight`, before Prefect."""
     if not preflighted:
-        preflight(spec)
+        preflight(spec, until)
     corpus_id = plan_corpus_plain(spec).corpus_id
     results: dict[str, Any] = {}
     results["ingest"] = _stage(spec, "ingest", corpus_id, results, lambda: ingest(spec))

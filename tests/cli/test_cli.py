@@ -188,3 +188,105 @@ def test_check_rejects_a_misspelt_mode_in_seconds(tmp_path: Path, env) -> None:
     debug = cli("--debug", "check", str(spec), env=env, cwd=tmp_path)
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "partal:1" in debug.stderr
     assert not (tmp_path / ".pretrainlab").exists()  # nothing written
+
+
+# --- pre-flight: every input checked in seconds, nothing written --------------------------------
+
+CHECK_SECONDS = 30  # the goal is < 5 s (README); generous here, the test machine is shared
+
+
+def _classify_file(path: Path, header: str = "text,label", extra: str = "") -> Path:
+    rows = [f"good film {i},pos\nbad film {i},neg" for i in range(30)]
+    path.write_text("\n".join([header, *rows]) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def _inputs_spec(tmp_path: Path, source: str, task_file: Path, **transfer) -> Path:
+    (tmp_path / "c.txt").write_text("a first document\na second one\n", encoding="utf-8")
+    task = {"name": "sst", "kind": "classify", "train": str(task_file)}
+    return write_spec(
+        tmp_path / "s.yaml",
+        {
+            "store": str(tmp_path / "store"),
+            "corpus": {"sources": [{"path": source}]},
+            "transfer": {"tasks": [task], **transfer},
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing source", ["corpus.sources[0]", "nowhere/*.txt", "matches no files"]),
+        ("misspelt mode", ["transfer.modes[0]", "'partal:1'", "partial:k"]),
+        ("wrong column", ["transfer.tasks[0] (sst)", "t.csv:2", "missing column 'text'",
+                          "text_field"]),
+    ],
+)
+def test_check_rejects_a_bad_input_in_seconds_writing_nothing(
+    tmp_path: Path, env, case: str, expected: list[str]
+) -> None:
+    good = _classify_file(tmp_path / "good.csv")
+    spec = {
+        "missing source": lambda: _inputs_spec(tmp_path, "nowhere/*.txt", good),
+        "misspelt mode": lambda: _inputs_spec(tmp_path, "c.txt", good, modes=["partal:1"]),
+        "wrong column": lambda: _inputs_spec(
+            tmp_path, "c.txt", _classify_file(tmp_path / "t.csv", header="sentence,label")
+        ),
+    }[case]()
+    started = time.monotonic()
+    done = cli("check", str(spec), env=env, cwd=tmp_path)
+    seconds = time.monotonic() - started
+    print(f"check, {case}: {seconds:.2f} s")
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, message
+    assert seconds < CHECK_SECONDS
+    assert all(part in message for part in expected), message
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not (tmp_path / "store").exists()  # nothing written
+    assert not (tmp_path / ".pretrainlab").exists()
+
+
+def test_check_lists_every_problem_then_summarises_what_loaded(tmp_path: Path, env) -> None:
+    (tmp_path / "fake.gz").write_bytes(b"not gzip at all")
+    spec = _inputs_spec(tmp_path, "nowhere.txt", tmp_path / "absent.csv")
+    data = yaml.safe_load(spec.read_text())
+    data["corpus"]["sources"].append({"path": str(tmp_path / "fake.gz")})
+    data["data_dir"] = str(tmp_path / "no-demo-data")
+    data["corpus"]["sources"].append({"dataset": "lee-news"})
+    write_spec(spec, data)
+    done = cli("check", str(spec), env=env, cwd=tmp_path)
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "4 problem(s)" in message, message
+    assert "nowhere.txt: no such file" in message
+    assert "fake.gz: cannot read the start of the file (BadGzipFile" in message
+    assert "pretrainlab data fetch lee-news" in message
+    assert "absent.csv does not exist" in message
+
+    test = tmp_path / "test.csv"
+    test.write_text("text,label\nso so film,meh\ngood one,pos\n", encoding="utf-8")
+    data = yaml.safe_load(_inputs_spec(tmp_path, "c.txt", _classify_file(tmp_path / "t.csv"))
+                          .read_text())
+    data["transfer"]["tasks"][0]["test"] = str(test)
+    done = cli("check", str(write_spec(spec, data)), env=env, cwd=tmp_path)
+    summary = " ".join(done.stderr.split())
+    assert done.returncode == 0, summary
+    assert yaml.safe_load(done.stdout)["transfer"]["tasks"][0]["name"] == "sst"  # the full spec
+    assert "sources: 1 file(s), 30 bytes" in summary
+    assert "sst (classify): 55/5/2 train/dev/test, 2 labels" in summary
+    assert "1 label(s) never in train (meh): test 1 scored as errors" in summary
+    assert not (tmp_path / "store").exists()
+
+
+def test_run_with_a_broken_task_file_fails_before_ingestion(tmp_path: Path, env) -> None:
+    broken = _classify_file(tmp_path / "t.csv", extra="a row, with, too many fields\n")
+    spec = _inputs_spec(tmp_path, "c.txt", broken)
+    started = time.monotonic()
+    done = cli("run", str(spec), env=env, cwd=tmp_path)
+    seconds = time.monotonic() - started
+    print(f"run, broken task file: {seconds:.2f} s")
+    message = " ".join(done.stderr.split())
+    assert done.returncode == 2, message
+    assert "transfer.tasks[0] (sst)" in message and "t.csv:62: row has 3 fields" in message
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "store").exists()  # no corpus directory, no MLflow database

@@ -21,7 +21,8 @@ from pipelines import demo_data
 from pipelines.data.ingest.sources import detect_format, file_size, open_source, resolve_paths
 from pipelines.data.task_data import TaskData, load_task
 from pretrainlab.config import PretrainlabError, SourceSpec, Spec
-from storage.remote import ObjectStore, RemoteFile
+from storage.remote import ObjectStore
+from storage.remote_sources import RemoteFile
 from tasks.stamps import STAGES
 
 HEAD_BYTES = 1 << 16  # read this much of each local source: opens, decompresses, encoding

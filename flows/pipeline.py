@@ -67,7 +67,7 @@ def _pretrain_status(spec: Spec, family: str, corpus_id: str) -> StageStatus:
     if manifest is not None:
         detail = f"{manifest['registered_name']} v{manifest['version']}"
     else:
-        detail = "resume from checkpoint" if (out / "work").exists() else "train"
+        detail = "resume from checkpoint" if Layout.work_of(out).exists() else "train"
     return StageStatus(f"pretrain/{family}", str(out), manifest is not None, detail)
 
 

@@ -1,7 +1,8 @@
 """Transfer flow: every task x model x mode x label budget x seed, baselines and probes.
 
-The models are the pretrained families, the user's own checkpoints (`transfer.checkpoints`)
-and, per task, the domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
+The models are the pretrained families and their variants (`pretrain.variants`, under their
+own names), the user's own checkpoints (`transfer.checkpoints`) and, per task, the
+domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     `models`: the pretrain flow's families (JSON, as a stage stamp also records them)."""
     sweep = spec.transfer
     pretrained = {name: ModelRef.from_dict(model) for name, model in models.items()}
-    compared = {f: pretrained[f] for f in (sweep.families or list(pretrained)) if f in pretrained}
+    # A family's variants (architecture = the family) join it, under their own names.
+    chosen = sweep.families or list(dict.fromkeys(m.architecture for m in pretrained.values()))
+    compared = {n: m for f in chosen for n, m in pretrained.items() if m.architecture == f}
     imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
     compared |= imported
     runs: list[dict[str, Any]] = []

@@ -102,7 +102,7 @@ def _check_head(path: Path, fmt: str) -> None:
 
 def check_sources(spec: Spec, check: InputCheck) -> None:
     """Every source resolves to readable files; demo datasets are fetched."""
-    store = ObjectStore.from_spec(spec)
+    store = ObjectStore.from_settings(spec.storage)
     for index, source in enumerate(spec.corpus.sources):
         where = f"corpus.sources[{index}]"
         try:

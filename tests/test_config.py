@@ -255,7 +255,7 @@ def test_a_variant_trains_its_family_with_its_overrides() -> None:
     long = pretrain.resolved("bert-long").bert.loop
     assert long.max_steps == 7 and long.batch_size == pretrain.bert.loop.batch_size
     assert pretrain.resolved("bert") == pretrain and pretrain.bert.mask_replace_prob == 0.8
-    with pytest.raises(SpecError, match="also a transfer.checkpoints name"):
+    with pytest.raises(SpecError, match=r"also a transfer\.checkpoints name"):
         spec_from_dict({**data, "transfer": {"checkpoints": [{"name": "bert-long", "path": "x"}]}})
     twice = {**MINIMAL, "pretrain": {"variants": [MASK100, MASK100]}}
     with pytest.raises(SpecError, match="used twice"):

@@ -13,11 +13,13 @@ from mlflow.tracking import MlflowClient
 import pipelines.models.saved as saved
 import pipelines.training.pretraining as pretraining
 from flows.pipeline import pipeline, plan
+from flows.transfer import compared_models
 from pipelines.report.document import NOT_MEASURED
 from pipelines.report.report import build_report
 from pretrainlab.config import Spec, spec_from_dict
 from storage import catalog, registry, tracking
 from storage.layout import Layout
+from storage.registry import ModelRef
 from tasks.pretrain import model_key
 from tests.flows.tiny_specs import tiny_spec_dict
 from tests.storage.lab_store import Lab
@@ -124,6 +126,9 @@ def test_a_variant_is_one_more_registered_model_the_report_pairs_with_its_family
     assert params["bert-mask100"]["pretrain.bert.random_replace_prob"] == "0.0"
     assert params["bert"]["pretrain.bert.mask_replace_prob"] == "0.8"
     assert all(status.cached for status in plan(spec, "pretrain"))  # unchanged: both reused
+    refs = {name: ModelRef.from_dict(m) for name, m in models.items()}
+    assert list(compared_models(None, refs)) == list(compared_models(["bert"], refs)) == [
+        "bert", "bert-mask100"]  # transfer runs the variant as one more model
 
     # Transfer rows as the transfer stage writes them: both versions are a bare "1".
     layout = Layout.at(spec.store)

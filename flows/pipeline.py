@@ -22,7 +22,7 @@ from tasks import stamps
 from tasks.ingest import plan_corpus_plain
 from tasks.launch import check_launch
 from tasks.preflight import InputCheck, needs_tasks, require_inputs
-from tasks.pretrain import model_dir
+from tasks.pretrain import model_dir, model_spec
 from tasks.runners import check_compute
 from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
 
@@ -58,17 +58,18 @@ def _tokenize_status(spec: Spec, name: str, corpus_id: str) -> StageStatus:
     return StageStatus(f"tokenize/{name}", str(shards), done, detail)
 
 
-def _pretrain_status(spec: Spec, family: str, corpus_id: str) -> StageStatus:
+def _pretrain_status(spec: Spec, name: str, family: str, corpus_id: str) -> StageStatus:
+    """A family's model, or a variant's (its name, on its family's tokenizer)."""
     tokenizer_id, shards = _shards(spec, TOKENIZER_OF_FAMILY[family], corpus_id)
     if shards is None or not is_complete(shards):
-        return StageStatus(f"pretrain/{family}", "models/<trained>", False, "after tokenize")
-    out = model_dir(spec, family, tokenizer_id, str(shards))
+        return StageStatus(f"pretrain/{name}", "models/<trained>", False, "after tokenize")
+    out = model_dir(model_spec(spec, name), family, tokenizer_id, str(shards), name)
     manifest = read_manifest(out)
     if manifest is not None:
         detail = f"{manifest['registered_name']} v{manifest['version']}"
     else:
         detail = "resume from checkpoint" if Layout.work_of(out).exists() else "train"
-    return StageStatus(f"pretrain/{family}", str(out), manifest is not None, detail)
+    return StageStatus(f"pretrain/{name}", str(out), manifest is not None, detail)
 
 
 def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
@@ -86,7 +87,10 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
     if reach >= STAGES.index("tokenize"):
         statuses += [_tokenize_status(spec, n, corpus.corpus_id) for n in tokenizer_names(spec)]
     if reach >= STAGES.index("pretrain"):
-        statuses += [_pretrain_status(spec, f, corpus.corpus_id) for f in spec.pretrain.families]
+        statuses += [
+            _pretrain_status(spec, name, family, corpus.corpus_id)
+            for name, family in spec.pretrain.models()
+        ]
     if reach >= STAGES.index("transfer"):
         sweep = spec.transfer
         modes = sum(len(task.modes or sweep.modes) for task in sweep.tasks)

@@ -1,7 +1,8 @@
 """Transfer flow: every task x model x mode x label budget x seed, baselines and probes.
 
-The models are the pretrained families, the user's own checkpoints (`transfer.checkpoints`)
-and, per task, the domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
+The models are the pretrained families and their variants (`pretrain.variants`, under their
+own names), the user's own checkpoints (`transfer.checkpoints`) and, per task, the
+domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def _applies(name: str, model: ModelRef, mode: Mode | str) -> bool:
     return not (name.endswith("+adapt") and mode.name == "scratch")
 
 
+def compared_models(
+    families: list[str] | None, pretrained: dict[str, ModelRef]
+) -> dict[str, ModelRef]:
+    """The pretrained models `transfer.families` names (default all), in its order; a family's
+    variants (their architecture is the family) join it under their own names."""
+    chosen = families or list(dict.fromkeys(m.architecture for m in pretrained.values()))
+    return {n: m for f in chosen for n, m in pretrained.items() if m.architecture == f}
+
+
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime.
@@ -41,7 +51,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     `models`: the pretrain flow's families (JSON, as a stage stamp also records them)."""
     sweep = spec.transfer
     pretrained = {name: ModelRef.from_dict(model) for name, model in models.items()}
-    compared = {f: pretrained[f] for f in (sweep.families or list(pretrained)) if f in pretrained}
+    compared = compared_models(sweep.families, pretrained)
     imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
     compared |= imported
     runs: list[dict[str, Any]] = []

@@ -42,6 +42,12 @@ def config_hash(spec: Spec, family: str) -> str:
     return stable_hash(settings)
 
 
+def model_spec(spec: Spec, name: str) -> Spec:
+    """The spec model `name` trains under: for a variant, its family's section carries the
+    variant's overrides (what its key hashes, what it trains with and what its run logs)."""
+    return spec.model_copy(update={"pretrain": spec.pretrain.resolved(name)})
+
+
 def model_key(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> str:
     inputs = {
         "config": config_hash(spec, family),
@@ -51,8 +57,13 @@ def model_key(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> st
     return content_key(inputs, pretraining.CODE[family])
 
 
-def model_dir(spec: Spec, family: str, tokenizer_id: str, tokens_dir: str) -> Path:
-    return Layout.at(spec.store).model(family, model_key(spec, family, tokenizer_id, tokens_dir))
+def model_dir(
+    spec: Spec, family: str, tokenizer_id: str, tokens_dir: str, name: str | None = None
+) -> Path:
+    """`models/<name>/<key>`: a variant keeps its own directory even when its settings match
+    its family's (it is registered under its own name)."""
+    key = model_key(spec, family, tokenizer_id, tokens_dir)
+    return Layout.at(spec.store).model(name or family, key)
 
 
 def _planned_steps(spec: Spec, family: str) -> int:
@@ -60,7 +71,7 @@ def _planned_steps(spec: Spec, family: str) -> int:
     return section.epochs if family == "word2vec" else section.loop.max_steps
 
 
-def _metrics_logger(spec: Spec, family: str, planned: int | None = None):
+def _metrics_logger(spec: Spec, family: str, planned: int | None = None, label: str = ""):
     """Metrics to MLflow; a progress line (step, loss, throughput, ETA) to the run's log."""
     planned = _planned_steps(spec, family) if planned is None else planned
     started, logger = time.monotonic(), stage_logger()
@@ -74,35 +85,45 @@ def _metrics_logger(spec: Spec, family: str, planned: int | None = None):
         elapsed = time.monotonic() - started
         eta = elapsed / max(step, 1) * max(planned - step, 0)
         values = ", ".join(f"{k} {v:,.4g}" for k, v in shown.items())
-        logger.info(f"{family} {unit} {step}/{planned}: {values}, ETA {eta:.0f}s")
+        logger.info(f"{label or family} {unit} {step}/{planned}: {values}, ETA {eta:.0f}s")
 
     return log
 
 
 @task(
-    name="pretrain", task_run_name="pretrain-{family}/corpus-{corpus_id:.8}", cache_policy=NO_CACHE
+    name="pretrain", task_run_name="pretrain-{name}/corpus-{corpus_id:.8}", cache_policy=NO_CACHE
 )
 def pretrain_family(
-    spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str
+    spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str, name: str = ""
 ) -> ModelRef:
-    """Train (or resume, or reuse) one family, log it to MLflow and register the version."""
+    """Train (or resume, or reuse) one model of `family`, log it to MLflow and register the
+    version. `name`: a variant's (then `spec` is `model_spec(spec, name)`); default the family."""
     launch.check_launch(spec)  # a world size this machine cannot run fails before any work
+    name = name or family
     return cached_output(
         store_of(spec),
-        model_dir(spec, family, tokenizer_id, tokens_dir),
-        lambda out: _pretrain(spec, family, corpus_id, tokenizer_id, tokens_dir, out),
+        model_dir(spec, family, tokenizer_id, tokens_dir, name),
+        lambda out: _pretrain(spec, family, name, corpus_id, tokenizer_id, tokens_dir, out),
         model_hit,
         lock=True,  # a concurrent run training it: wait, then reuse
-        hit=lambda m: f"{family}: model {m.model_key} is cached (version {m.version})",
+        hit=lambda m: f"{name}: model {m.model_key} is cached (version {m.version})",
     )
 
 
 def _pretrain(
-    spec: Spec, family: str, corpus_id: str, tokenizer_id: str, tokens_dir: str, out: Path
+    spec: Spec,
+    family: str,
+    name: str,
+    corpus_id: str,
+    tokenizer_id: str,
+    tokens_dir: str,
+    out: Path,
 ) -> ModelRef:
+    variant = {} if name == family else {"architecture": family, "variant_of": family}
     tags = {
         "stage": "pretrain",
-        "family": family,
+        "family": name,
+        **variant,
         "corpus_id": corpus_id,
         "tokenizer_id": tokenizer_id,
         "config_hash": config_hash(spec, family),
@@ -123,14 +144,14 @@ def _pretrain(
         )
         if launch.uses_torchrun(spec, family):  # rank 0 logs into this run
             return launch.run_torchrun(spec, job, run_id, spec.tracking_uri())
-        return pretraining.pretrain(spec, job, _metrics_logger(spec, family))
+        return pretraining.pretrain(spec, job, _metrics_logger(spec, family, label=name))
 
     plan = ModelRun(
-        family=family,
+        family=name,
         architecture=family,
-        run_name=f"pretrain-{family}/corpus-{corpus_id[:8]}",
+        run_name=f"pretrain-{name}/corpus-{corpus_id[:8]}",
         tags=tags,
-        registered_name=registry.registered_name(spec.experiment, family),
+        registered_name=registry.registered_name(spec.experiment, name),
         tokenizer_id=tokenizer_id,
         log_spec=True,
         version_tags=lambda summary: {
@@ -140,7 +161,7 @@ def _pretrain(
     )
     model = build_model(spec, out, plan, train)
     stage_logger().info(
-        f"{family}: registered {model.registered_name} v{model.version} "
+        f"{name}: registered {model.registered_name} v{model.version} "
         f"({model.summary['headline_metric']} = {model.summary['headline_value']})"
     )
     return model

@@ -127,7 +127,7 @@ def promote_versions(spec: Spec, families: list[str] | None = None) -> dict[str,
     decisions, skipped = [], {}
     if spec.promote.enabled:
         rule = rule_from_spec(spec.promote)
-        for family in families or spec.pretrain.families:
+        for family in families or [name for name, _ in spec.pretrain.models()]:
             name = registry.registered_name(spec.experiment, family)
             try:
                 decision = promote(store, name, rule, uri, refresh=False)

@@ -216,3 +216,47 @@ def test_a_task_may_run_its_own_modes_each_with_a_grid() -> None:
     data["transfer"]["lrs"] = {"scratch": [1e-3], "finetune": [1e-3]}
     with pytest.raises(SpecError, match=r"tasks\[wic\]\.modes: frozen draws .* lrs\.frozen"):
         spec_from_dict(data)
+
+
+MASK100 = {"name": "bert-mask100", "family": "bert",
+           "set": {"mask_replace_prob": 1.0, "random_replace_prob": 0.0}}
+
+
+@pytest.mark.parametrize(
+    ("variant", "families", "expected"),
+    [
+        ({**MASK100, "set": {"mask_replace_prb": 1.0}}, None,
+         r"variants\[0\] \(bert-mask100\): set\.mask_replace_prb: Extra inputs"),
+        ({**MASK100, "set": {"loop": {"max_stepz": 9}}}, None, r"set\.loop\.max_stepz"),
+        ({**MASK100, "set": {"mask_replace_prob": 1.0}}, None, "must be <= 1"),
+        ({**MASK100, "name": "bert"}, None, "taken by a built-in family"),
+        ({**MASK100, "name": "bert mask"}, None, r"variants\[0\]\.name"),
+        (MASK100, ["gpt"], "'bert' is not in pretrain.families"),
+    ],
+)
+def test_a_variant_is_checked_at_load(variant: dict, families: list | None, expected: str,
+                                      tmp_path: Path) -> None:
+    """A misspelt override fails when the spec is read (`pretrainlab check`), naming it."""
+    pretrain = {"variants": [variant], **({"families": families} if families else {})}
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "pretrain": pretrain}))
+    with pytest.raises(SpecError, match=expected):
+        load_spec(path)
+
+
+def test_a_variant_trains_its_family_with_its_overrides() -> None:
+    data = {**MINIMAL, "pretrain": {"bert": {"n_layer": 3}, "variants": [
+        MASK100, {"name": "bert-long", "family": "bert", "set": {"loop": {"max_steps": 7}}}]}}
+    pretrain = spec_from_dict(data).pretrain
+    assert pretrain.models()[-2:] == [("bert-mask100", "bert"), ("bert-long", "bert")]
+    mask100 = pretrain.resolved("bert-mask100").bert
+    assert (mask100.mask_replace_prob, mask100.random_replace_prob) == (1.0, 0.0)
+    assert mask100.n_layer == 3  # the experiment's own section, not the defaults, underneath
+    long = pretrain.resolved("bert-long").bert.loop
+    assert long.max_steps == 7 and long.batch_size == pretrain.bert.loop.batch_size
+    assert pretrain.resolved("bert") == pretrain and pretrain.bert.mask_replace_prob == 0.8
+    with pytest.raises(SpecError, match=r"also a transfer\.checkpoints name"):
+        spec_from_dict({**data, "transfer": {"checkpoints": [{"name": "bert-long", "path": "x"}]}})
+    twice = {**MINIMAL, "pretrain": {"variants": [MASK100, MASK100]}}
+    with pytest.raises(SpecError, match="used twice"):
+        spec_from_dict(twice)

@@ -171,13 +171,14 @@ class PolysemyRow:
 
 @dataclass(frozen=True)
 class MaskingCell:
-    """One BERT version's score (by its pretraining mask_replace_prob) in a task/mode/budget."""
+    """One BERT model's score (by its pretraining mask_replace_prob) in a task/mode/budget."""
 
     task: str
     mode: str
     budget: str
     mask_prob: float
     stat: Stat
+    model: str = ""  # bert, a variant's name, or name@version
 
 
 @dataclass(frozen=True)

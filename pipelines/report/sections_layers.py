@@ -139,30 +139,37 @@ def section_modes(data: Data, plots: Plots) -> Section:
 
 
 def _masking_rows(data: Data) -> list[dict[str, Any]]:
+    """Scores of every BERT model, one cell per model (`model`: its name, with @version when a
+    name has several), beside the mask_replace_prob its pretrain run logged. BERT means the
+    architecture: a variant (`pretrain.variants`, family tag = its own name) counts as well.
+    A row finds its pretrain run through its model_version; a bare version number repeats
+    across registered models, so it matches only within its own name (family)."""
     if not (data.has_results and data.has("runs", "params")):
         return []
     keys = "select run_id, run_id as key from bert_runs"
     if data.has("model_versions"):
         keys += (
-            " union select run_id, unnest([name || '/' || version, "
-            "'models:/' || name || '/' || version, name || ':' || version, "
-            "cast(version as varchar)]) from model_versions "
-            "where run_id in (select run_id from bert_runs)"
+            " union select mv.run_id, unnest([mv.name || '/' || mv.version, "
+            "'models:/' || mv.name || '/' || mv.version, mv.name || ':' || mv.version, "
+            "b.family || '#' || cast(mv.version as varchar)]) from model_versions mv "
+            "join bert_runs b on b.run_id = mv.run_id"
         )
-    where = "family = 'bert' and metric = 'accuracy' and mode <> 'probe' and task <> 'polysemy'"
+    where = "metric = 'accuracy' and mode <> 'probe' and task <> 'polysemy'"
     return data.rows(
         BASE
         + f""",
 bert_runs as (
-    select r.run_id, try_cast(p.value as double) as mrp from runs r
+    select r.run_id, r.family, try_cast(p.value as double) as mrp from runs r
     join params p on p.run_id = r.run_id and p.key = '{MASK_PARAM}'
-    where r.stage = 'pretrain' and r.family = 'bert'),
+    where r.stage = 'pretrain' and coalesce(r.tags['architecture'], r.family) = 'bert'),
 keys as (select distinct run_id, key from ({keys})),
 masked as (
-    select c.*, br.mrp from chosen c join keys k on cast(c.model_version as varchar) = k.key
+    select c.*, br.mrp from chosen c
+    join keys k on k.key in (cast(c.model_version as varchar),
+                             c.family || '#' || cast(c.model_version as varchar))
     join bert_runs br on br.run_id = k.run_id)
-{cell_stats("masked", ("task", "mode", "b", "mrp"), where)}
-order by task, mode, b, mrp"""
+{cell_stats("masked", ("task", "mode", "b", "model", "mrp"), where)}
+order by task, mode, b, mrp, model"""
     )
 
 
@@ -171,14 +178,15 @@ def section_masking(data: Data) -> tuple[Section, list[MaskingCell]]:
     rows = _masking_rows(data)
     if len({r["mrp"] for r in rows}) < 2:
         sec.text(
-            "Skipped: needs two BERT model versions whose pretraining differs in "
-            f"{MASK_PARAM}, both with transfer results."
+            "Skipped: needs two BERT model versions (or a variant in pretrain.variants) whose "
+            f"pretraining differs in {MASK_PARAM}, both with transfer results."
         )
         return sec, []
-    cells = [MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r)) for r in rows]
+    cells = [MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r), r["model"])
+             for r in rows]  # fmt: skip
     sec.table(
-        ["task", "mode", "budget", "mask_replace_prob", "accuracy", "n", "vs baseline"],
-        [[c.task, c.mode, c.budget, c.mask_prob, c.stat.text(), c.stat.n,
+        ["task", "mode", "budget", "model", "mask_replace_prob", "accuracy", "n", "vs baseline"],
+        [[c.task, c.mode, c.budget, c.model, c.mask_prob, c.stat.text(), c.stat.n,
           versus_baseline_text(data.against_baseline(c.task, c.budget, c.stat))]
          for c in cells],
     )  # fmt: skip

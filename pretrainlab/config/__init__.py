@@ -50,6 +50,7 @@ from pretrainlab.config.pretrain import (
     LaunchSpec,
     LoopSpec,
     PretrainSpec,
+    VariantSpec,
     Word2VecSpec,
 )
 from pretrainlab.config.spec import (
@@ -123,6 +124,7 @@ __all__ = [
     "TokenizersSpec",
     "TrackingSpec",
     "TransferSpec",
+    "VariantSpec",
     "Word2VecSpec",
     "WordLevelSpec",
     "WordPieceSpec",

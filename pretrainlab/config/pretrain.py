@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from pretrainlab.config.base import Strict
-from pretrainlab.config.families import FAMILY_NAMES, Family
+from pretrainlab.config.families import FAMILY_NAMES, RESERVED_NAMES, Family
+from pretrainlab.config.transfer import MODEL_NAME
 
 
 class LoopSpec(Strict):
@@ -124,8 +126,47 @@ class LaunchSpec(Strict):
         return self
 
 
+class VariantSpec(Strict):
+    """One more model of a family in the same experiment (an ablation): the family's section
+    with a few fields changed, trained on the family's tokenizer and token shards, registered
+    and transferred under its own name."""
+
+    name: str = Field(
+        ..., pattern=MODEL_NAME, description="Shown as `family` in rows; registered as "
+        "<experiment>-<name>."
+    )
+    family: Family = Field(..., description="The family it varies: one of pretrain.families.")
+    set: dict[str, Any] = Field(
+        {}, description="Fields of that family's section that differ, e.g. {mask_replace_prob: "
+        "1.0}; nested sections as mappings: {loop: {max_steps: 400}}."
+    )
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` on top, section by section (a nested mapping changes only the
+    fields it names)."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged
+
+
+def _override_errors(error: ValidationError) -> str:
+    """A section's validation errors as `set.<field>: what is wrong`."""
+    return "; ".join(
+        f"{'.'.join(['set', *(str(p) for p in item['loc'])])}: {item['msg']}"
+        for item in error.errors()
+    )
+
+
 class PretrainSpec(Strict):
     families: list[Family] = Field(list(FAMILY_NAMES), min_length=1)
+    variants: list[VariantSpec] = Field(
+        [], description="Extra models of a family, e.g. [{name: bert-mask100, family: bert, "
+        "set: {mask_replace_prob: 1.0, random_replace_prob: 0.0}}]: ablations in one spec."
+    )
     budget: BudgetSpec = BudgetSpec()
     launch: LaunchSpec = LaunchSpec()
     unigram_gap_nats: float = Field(
@@ -136,3 +177,50 @@ class PretrainSpec(Strict):
     gpt: GPTSpec = GPTSpec()
     bert: BERTSpec = BERTSpec()
 
+
+    @model_validator(mode="after")
+    def _variants_resolve(self) -> PretrainSpec:
+        """Each variant has a name of its own, varies a family this spec pretrains, and its
+        overrides make a valid section (a misspelt field fails here, not after pretraining)."""
+        names = [v.name for v in self.variants]
+        for i, variant in enumerate(self.variants):
+            where = f"variants[{i}] ({variant.name})"
+            if variant.name in RESERVED_NAMES:
+                raise ValueError(
+                    f"{where}: the name is taken by a built-in family; name it after what it "
+                    f"changes, e.g. {variant.family}-mask100"
+                )
+            if names.count(variant.name) > 1:
+                raise ValueError(f"{where}: the name is used twice; give each variant its own")
+            if variant.family not in self.families:
+                raise ValueError(
+                    f"{where}: family {variant.family!r} is not in pretrain.families "
+                    f"{self.families}; add it (a variant trains on its family's tokenizer and is "
+                    "compared with it)"
+                )
+            try:
+                self.section_of(variant.name)
+            except ValidationError as error:
+                raise ValueError(
+                    f"{where}: {_override_errors(error)} (fields of pretrain.{variant.family}: "
+                    f"{', '.join(type(getattr(self, variant.family)).model_fields)})"
+                ) from None
+        return self
+
+    def models(self) -> list[tuple[str, str]]:
+        """(name, family) of every model this spec pretrains: the families, then the variants."""
+        return [(f, f) for f in self.families] + [(v.name, v.family) for v in self.variants]
+
+    def section_of(self, name: str) -> Strict:
+        """The settings model `name` trains with: a family's section, or a variant's (its
+        family's section with the variant's overrides applied)."""
+        if name in FAMILY_NAMES:
+            return getattr(self, name)
+        variant = next(v for v in self.variants if v.name == name)
+        base = getattr(self, variant.family)
+        return type(base).model_validate(_merged(base.model_dump(), variant.set))
+
+    def resolved(self, name: str) -> PretrainSpec:
+        """This section as model `name` sees it: its family's section replaced by its own."""
+        family = dict(self.models())[name]
+        return self.model_copy(update={family: self.section_of(name)})

@@ -141,6 +141,18 @@ class Spec(Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _variants_apart_from_checkpoints(self) -> Spec:
+        """Rows and registered models tell models apart by name only."""
+        checkpoints = {c.name for c in self.transfer.checkpoints}
+        for variant in self.pretrain.variants:
+            if variant.name in checkpoints:
+                raise ValueError(
+                    f"pretrain.variants: {variant.name!r} is also a transfer.checkpoints name; "
+                    "rename one of them"
+                )
+        return self
+
     def tracking_uri(self) -> str:
         """The spec's URI, else $MLFLOW_TRACKING_URI, else SQLite under the store."""
         return tracking_uri(self.tracking.uri, self.store)

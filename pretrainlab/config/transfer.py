@@ -73,7 +73,9 @@ class TransferSpec(Strict):
     """The sweep: tasks x families x modes x label budgets x seeds, each mode with its own lr."""
 
     tasks: list[TaskSpec] = Field([])
-    families: list[Family] | None = Field(None, description="Default: the pretrained families.")
+    families: list[Family] | None = Field(
+        None, description="Default: the pretrained families (a family's variants join it)."
+    )
     checkpoints: list[CheckpointSpec] = Field(
         [],
         description="Your HF checkpoints (bert/gpt2) as extra families: [{name: mine, path: dir}].",

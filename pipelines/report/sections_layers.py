@@ -138,7 +138,9 @@ def section_modes(data: Data, plots: Plots) -> Section:
 # --------------------------------------------------------------------------------- masking
 
 
-def _masking_rows(data: Data) -> list[dict[str, Any]]:
+def _masking_cells(data: Data) -> list[MaskingCell]:
+    """BERT's headline scores per task, mode, budget and pretraining mask_replace_prob, with
+    each seed's score (the masking claim pairs them by seed)."""
     if not (data.has_results and data.has("runs", "params")):
         return []
     keys = "select run_id, run_id as key from bert_runs"
@@ -149,8 +151,8 @@ def _masking_rows(data: Data) -> list[dict[str, Any]]:
             "cast(version as varchar)]) from model_versions "
             "where run_id in (select run_id from bert_runs)"
         )
-    where = "family = 'bert' and metric = 'accuracy' and mode <> 'probe' and task <> 'polysemy'"
-    return data.rows(
+    where = "family = 'bert' and headline and mode <> 'probe' and task <> 'polysemy'"
+    masked = (
         BASE
         + f""",
 bert_runs as (
@@ -161,23 +163,31 @@ keys as (select distinct run_id, key from ({keys})),
 masked as (
     select c.*, br.mrp from chosen c join keys k on cast(c.model_version as varchar) = k.key
     join bert_runs br on br.run_id = k.run_id)
-{cell_stats("masked", ("task", "mode", "b", "mrp"), where)}
-order by task, mode, b, mrp"""
+"""
     )
+    cell = ("task", "mode", "b", "mrp")
+    stats = data.rows(masked + cell_stats("masked", cell, where) + " order by task, mode, b, mrp")
+    seeds: dict[tuple, dict[int, float]] = {}
+    for r in data.rows(masked + cell_stats("masked", (*cell, "seed"), where)):
+        seeds.setdefault(tuple(r[c] for c in cell), {})[int(r["seed"])] = float(r["mean"])
+    return [
+        MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r),
+                    seeds.get(tuple(r[c] for c in cell), {}))
+        for r in stats
+    ]  # fmt: skip
 
 
 def section_masking(data: Data) -> tuple[Section, list[MaskingCell]]:
     sec = Section("6. Masking ablation (BERT mask_replace_prob)")
-    rows = _masking_rows(data)
-    if len({r["mrp"] for r in rows}) < 2:
+    cells = _masking_cells(data)
+    if len({c.mask_prob for c in cells}) < 2:
         sec.text(
             "Skipped: needs two BERT model versions whose pretraining differs in "
             f"{MASK_PARAM}, both with transfer results."
         )
         return sec, []
-    cells = [MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r)) for r in rows]
     sec.table(
-        ["task", "mode", "budget", "mask_replace_prob", "accuracy", "n", "vs baseline"],
+        ["task", "mode", "budget", "mask_replace_prob", "headline", "n", "vs baseline"],
         [[c.task, c.mode, c.budget, c.mask_prob, c.stat.text(), c.stat.n,
           versus_baseline_text(data.against_baseline(c.task, c.budget, c.stat))]
          for c in cells],

@@ -161,9 +161,18 @@ def probe_and_polysemy_rows() -> list[tuple]:
     return rows
 
 
-def table(rows: list[tuple]) -> pa.Table:
-    names = RESULT_SCHEMA.names
-    return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows], RESULT_SCHEMA)
+ROW = RESULT_SCHEMA.names[:13]  # the columns the tuples above give, in order
+
+
+def table(rows: list[tuple], fingerprint: str = "fp") -> pa.Table:
+    """Rows as the transfer stage writes them: one task fingerprint, accuracy the headline."""
+    found = []
+    for r in rows:
+        row = dict(zip(ROW, r, strict=True))
+        headline = row["metric"] == "accuracy" and row["split"] in ("dev", "test")
+        found.append({**row, "task_fingerprint": f"{fingerprint}-{row['task']}",
+                      "headline": headline, "point": None})  # fmt: skip
+    return pa.Table.from_pylist(found, RESULT_SCHEMA)
 
 
 def write_pretrain_runs(layout: Layout) -> None:

@@ -12,7 +12,7 @@ from pipelines.report.document import INCONCLUSIVE, NOT_MEASURED, Claim
 from pipelines.report.findings import Findings, ModePair, is_pos, is_wic
 from pipelines.report.scores import Data, budget_order, family_of, versus_baseline_text
 from pipelines.report.sections_scores import MASK_PARAM
-from pipelines.report.stats import Outcome
+from pipelines.report.stats import Outcome, Verdict
 from pipelines.report.verdicts import (
     Cell,
     Judged,
@@ -25,6 +25,7 @@ from pipelines.report.verdicts import (
 )
 
 WIC_CHANCE = 0.5  # word-in-context test sets are balanced
+STEPS_WORDS = {Verdict.BETTER: "more steps", Verdict.WORSE: "fewer steps"}  # finetune − scratch
 
 
 def _budgets(pairs: list[ModePair]) -> str:
@@ -73,14 +74,14 @@ def claim_convergence(data: Data, found: Findings) -> Claim:
         for k in keys if (s := k.but(mode="scratch"))
     ]  # fmt: skip
     judged = judge(cells, sign=-1)
-    detail = "; ".join(cell_text(c, judged, digits=1) for c in judged.cells)
+    detail = "; ".join(cell_text(c, judged, 1, STEPS_WORDS) for c in judged.cells)
     return Claim(
         name,
         judged.outcome.value,
         f"{name} ({unit} to 95% of the dev gain, finetune vs scratch, fewer is faster): "
         f"{judged.outcome.value} ({detail}).",
         pilot(judged, f" {unit}"),
-        cell_rows(name, judged, digits=1),
+        cell_rows(name, judged, 1, STEPS_WORDS),
     )
 
 

@@ -19,6 +19,7 @@ from pipelines.report.stats import (
     Comparison,
     Insufficient,
     Outcome,
+    Verdict,
     claim_verdict,
     paired_bootstrap,
     paired_t,
@@ -30,6 +31,9 @@ CELL_HEADERS = [
     "claim", "cell", "seeds", "diff", "95% t interval", "p (Holm)", "verdict",
     "min. detectable", "bootstrap 95% (not deciding)", "converged",
 ]  # fmt: skip
+
+
+Words = Mapping[Verdict, str]  # how a claim names better / worse (e.g. "more steps")
 
 
 @dataclass(frozen=True)
@@ -95,20 +99,26 @@ def _interval(c: Comparison | Insufficient | None, digits: int) -> str:
     return f"[{c.low:+.{digits}f}, {c.high:+.{digits}f}]"
 
 
-def cell_text(cell: Cell, judged: Judged, digits: int = 3) -> str:
+def _word(verdict: Verdict, words: Words | None) -> str:
+    return (words or {}).get(verdict, verdict.value)
+
+
+def cell_text(cell: Cell, judged: Judged, digits: int = 3, words: Words | None = None) -> str:
     """`label a vs b, diff [low, high] verdict` for the claim's line."""
     v = judged.verdict.cells[cell.label]
     numbers = f"{cell.label} {cell.a_mean:.{digits}f} vs {cell.b_mean:.{digits}f}"
     if not isinstance(cell.comparison, Comparison):
-        return f"{numbers}, {cell.a_mean - cell.b_mean:+.{digits}f}, {v.verdict.value}"
+        return f"{numbers}, {cell.a_mean - cell.b_mean:+.{digits}f}, {_word(v.verdict, words)}"
     flag = ", not converged" if cell.unconverged else ""
     return (
         f"{numbers}, {cell.comparison.diff:+.{digits}f} "
-        f"{_interval(cell.comparison, digits)} {v.verdict.value}{flag}"
+        f"{_interval(cell.comparison, digits)} {_word(v.verdict, words)}{flag}"
     )
 
 
-def cell_rows(claim: str, judged: Judged, digits: int = 3) -> list[list[str]]:
+def cell_rows(
+    claim: str, judged: Judged, digits: int = 3, words: Words | None = None
+) -> list[list[str]]:
     """The claim's rows of the paired-cell table (`CELL_HEADERS`)."""
     rows = []
     for cell in judged.cells:
@@ -121,7 +131,7 @@ def cell_rows(claim: str, judged: Judged, digits: int = 3) -> list[list[str]]:
             f"{c.diff:+.{digits}f}" if tested else f"{cell.a_mean - cell.b_mean:+.{digits}f}",
             _interval(c, digits),
             "–" if v.p_adjusted is None else f"{v.p_adjusted:.3g}",
-            v.verdict.value,
+            _word(v.verdict, words),
             "–" if v.mde is None else f"{v.mde:.{digits}f}",
             _interval(boot, digits) if isinstance(boot, Comparison) else "n/a",
             "no" if cell.unconverged else "yes",
@@ -130,16 +140,17 @@ def cell_rows(claim: str, judged: Judged, digits: int = 3) -> list[list[str]]:
 
 
 def pilot(judged: Judged, unit: str = "") -> str:
-    """How many seeds would detect the claim's smallest observed |diff|, read as a pilot, and
-    whether this run's seeds can decide the claim."""
+    """How many seeds would detect the claim's smallest observed non-zero |diff|, read as a
+    pilot, and whether this run's seeds can decide the claim."""
     tested = [c for c in judged.cells if isinstance(c.comparison, Comparison)]
     if not tested:
         return "fewer than 2 paired seeds in every cell: this run's size cannot decide it."
-    smallest = min(tested, key=lambda c: abs(c.comparison.diff))
+    moved = [c for c in tested if abs(c.comparison.diff) >= 1e-12]
+    if not moved:
+        return "no cell's arms differ at all: nothing to size a run by."
+    smallest = min(moved, key=lambda c: abs(c.comparison.diff))
     comp = smallest.comparison
     assert isinstance(comp, Comparison)
-    if abs(comp.diff) < 1e-12:
-        return f"no difference observed in {smallest.label}: nothing to size a run by."
     plan = seeds_needed(abs(comp.diff), sd=comp.sd)
     have = min(c.comparison.n for c in tested)
     decides = "this run's seeds can detect it" if have >= plan.seeds else (

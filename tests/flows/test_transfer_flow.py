@@ -90,6 +90,20 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     assert len(protocol) == trained[0]["n"] > 0
     assert all(r["metrics"] == ["converged", "steps"] for r in protocol)
     assert all(10 <= r["steps"] <= 20 and r["converged"] in (0.0, 1.0) for r in protocol)
+    # every row names its task data and flags the task's headline metric (accuracy here);
+    # every trained run has per-item test predictions whose mean correctness is its accuracy
+    flags = sql(
+        "select count(*) filter (where task_fingerprint is null) as unkeyed, "
+        "list(distinct metric) filter (where headline) as heads from results"
+    )
+    assert flags[0]["unkeyed"] == 0 and flags[0]["heads"] == ["accuracy"]
+    scored = sql(
+        "select r.run_id, r.value, avg(p.correct::int) as rate from results r "
+        "join predictions p using (run_id) where r.split = 'test' and r.metric = 'accuracy' "
+        "and r.layer is null group by all"
+    )
+    assert len(scored) == trained[0]["n"]
+    assert all(abs(r["value"] - r["rate"]) < 1e-9 for r in scored)
     probes = sql(
         "select family, count(distinct layer) as layers from results "
         "where mode = 'probe' and metric = 'accuracy' group by 1 order by 1"
@@ -126,12 +140,14 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     assert list(html.parent.glob("*.png"))
     assert set(report["claims"].values()) <= {
         "supported",
-        "partly supported",
-        "not supported",
+        "contradicted",
+        "mixed",
+        "inconclusive",
         "not measured",
     }
     markdown = html.with_name("report.md").read_text()
     assert "baseline" in markdown.lower()
+    assert "## Protocol" in markdown and "pilot:" in markdown
 
     # Unchanged re-run: the dry run calls every stage cached, and each is skipped as a whole.
     assert all(status.cached for status in plan(spec)), plan(spec)

@@ -13,15 +13,17 @@ Relations (views only exist when their files do; MLflow tables whenever MLflow w
   tokens        token shards of every tokenizer, with `family`, `tokenizer_id`, `encoding_id`
                 and `corpus_id` (from the output's manifest)
   tokens_<f>    the same for one family: tokens_bert, tokens_gpt, tokens_word
-  results       transfer result rows under <store>/results
+  results       transfer result rows under <store>/results (a file of an older row schema
+                fails the refresh, naming the file and how to re-run transfer)
+  predictions   per test item of each transfer run: gold, predicted label and whether correct
   outputs       one row per complete corpus/token output, its manifest as JSON text
   tokenizers    one row per complete tokenizer: id, family, kind, vocab size, corpus, manifest
   experiments, runs, params, metrics (full history), metrics_latest (view),
   model_versions (with `aliases`), registered_models       copied from MLflow
   version_scores  test scores of each registered version per task x mode x budget x metric
                 (`storage.scores`: mean over seeds, each at the rate it chose on dev), joined
-                result rows -> transfer run -> pretrain run -> version;
-                `headline` marks each task's headline metric (span_f1 for BIO tags, else accuracy)
+                result rows -> transfer run -> pretrain run -> version; `headline` is the
+                rows' own flag (the task's headline metric, as the transfer stage judged it)
   catalog_info  when and from where this catalog was built
   remote_corpus, remote_tokens, remote_results   the complete outputs of the store's mirror
                 (storage.remote), as Arrow datasets registered for the queries that name them
@@ -48,7 +50,9 @@ import pyarrow as pa
 
 from pretrainlab.config import PretrainlabError
 from storage.catalog_files import (
+    PREDICTION_SCHEMA,
     RESULT_SCHEMA,
+    StaleResultsError,
     View,
     corpus_views,
     output_rows,
@@ -72,8 +76,10 @@ from storage.tracking import redact
 
 # Re-exported: what the stages and tests import from the catalog.
 __all__ = [
+    "PREDICTION_SCHEMA",
     "RESULT_SCHEMA",
     "CatalogError",
+    "StaleResultsError",
     "client_metric_points",
     "list_relations",
     "query",
@@ -87,7 +93,9 @@ __all__ = [
 
 # A result row's run is a transfer run whose `pretrain_run_id` tag names the run of a registered
 # version: that chain (not family + version number, which repeat across experiments) links them.
-SCORE_COLUMNS = {"run_id", "task", "family", "mode", "budget", "seed", "split", "metric", "value"}
+SCORE_COLUMNS = {
+    "run_id", "task", "family", "mode", "budget", "seed", "split", "metric", "value", "headline"
+}
 VERSION = ("name", "version", "family", "task", "mode", "budget")
 VERSION_SCORES_SQL = f"""
 create view version_scores as
@@ -98,14 +106,10 @@ with scored as (
     join model_versions mv on mv.run_id = t.pretrain_run_id
 ),
 {chosen_rows("scored", VERSION)},
-cells as ({cell_stats("chosen", (*VERSION, "metric"))}),
-heads as (
-    select task, case when bool_or(metric = 'span_f1') then 'span_f1' else 'accuracy' end as metric
-    from cells group by task
-)
+cells as ({cell_stats("chosen", (*VERSION, "metric", "headline"))})
 select c.name, c.version, c.family, c.task, c.mode, c.budget, c.metric,
-    c.metric = h.metric as headline, c.seeds, c.mean, c.sd as std, c.min, c.max
-from cells c join heads h using (task)
+    c.headline, c.seeds, c.mean, c.sd as std, c.min, c.max
+from cells c
 """
 
 

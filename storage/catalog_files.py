@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from pretrainlab.config import PretrainlabError
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
 
@@ -118,24 +120,70 @@ def token_views(layout: Layout) -> list[View]:
 
 
 # The columns of a transfer result row: what tasks/transfer.py writes and `results` reads.
+# `task_fingerprint` is the task data's content hash (report cells are keyed on it, so rows of
+# different task settings never pool); `headline` marks the task's headline metric
+# (pipelines.transfer.metrics.headline); `point` names a pretraining point (null until a
+# family is transferred at several points of its pretraining).
 RESULT_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("task", pa.string()), ("family", pa.string()),
     ("model_version", pa.string()), ("mode", pa.string()), ("budget", pa.string()),
     ("seed", pa.int32()), ("lr", pa.float64()), ("epoch", pa.int32()), ("split", pa.string()),
     ("metric", pa.string()), ("value", pa.float64()), ("layer", pa.int32()),
+    ("task_fingerprint", pa.string()), ("headline", pa.bool_()), ("point", pa.string()),
+])
+# Per test item of a run's chosen rate (a word when tagging): the side table of predictions.
+PREDICTION_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("task", pa.string()), ("family", pa.string()),
+    ("mode", pa.string()), ("budget", pa.string()), ("seed", pa.int32()),
+    ("item", pa.int32()), ("example", pa.int32()), ("gold", pa.string()), ("pred", pa.string()),
+    ("correct", pa.bool_()),
 ])
 
 
-def result_views(layout: Layout) -> list[View]:
-    """Result rows: every visible Parquet file under results/ (written atomically, so whole)."""
-    root = layout.results
+class StaleResultsError(PretrainlabError, RuntimeError):
+    """A result file written before the current row schema: transfer must be re-run."""
+
+
+def _visible_parquet(root: Path) -> list[Path]:
+    """Every Parquet file under `root`, minus atomic-write temporaries (hidden names)."""
     found = root.rglob("*.parquet") if root.is_dir() else []
-    files = sorted(
+    return sorted(
         f for f in found if not any(p.startswith(".") for p in f.relative_to(root).parts)
     )
-    if not files:
-        return []
-    return [View("results", f"select * exclude (_file) from {_read_parquet(files)}", len(files))]
+
+
+def check_result_schema(path: Path, layout: Layout) -> None:
+    """Refuse a result file that lacks columns of `RESULT_SCHEMA` (written by an older lab):
+    its rows cannot be keyed on the task fingerprint nor read by the headline flag."""
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowException, OSError):  # a damaged file: building the view names it
+        return
+    missing = [n for n in RESULT_SCHEMA.names if n not in names]
+    if missing:
+        raise StaleResultsError(
+            f"{path}: result rows from an older version of the lab (missing columns "
+            f"{', '.join(missing)}). Remove {layout.results} and {layout.predictions}, "
+            "then re-run transfer: `pretrainlab run <spec> --until transfer`"
+        )
+
+
+def result_views(layout: Layout) -> list[View]:
+    """Result rows: every visible Parquet file under results/ (written atomically, so whole),
+    and the per-item predictions beside them."""
+    views = []
+    files = _visible_parquet(layout.results)
+    for path in files:
+        check_result_schema(path, layout)
+    if files:
+        views.append(
+            View("results", f"select * exclude (_file) from {_read_parquet(files)}", len(files))
+        )
+    predictions = _visible_parquet(layout.predictions)
+    if predictions:
+        sql = f"select * exclude (_file) from {_read_parquet(predictions)}"
+        views.append(View("predictions", sql, len(predictions)))
+    return views
 
 
 def output_rows(layout: Layout) -> pa.Table:

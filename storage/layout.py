@@ -9,6 +9,7 @@
                                                  run.json), _manifest.json
   features/<family>/<task>-<family>-<key>/       frozen-feature caches of a model on a task
   results/<task>/<key>.parquet                   transfer result rows (Parquet)
+  predictions/<task>/<key>.parquet               per-item test predictions of the same run
   reports/<experiment>/                          report.md, report.html, PNGs
   stamps/<stage>-<experiment>.json               last completed stage result + its input key
   catalog.duckdb                                 rebuildable DuckDB cache
@@ -147,6 +148,14 @@ class Layout:
 
     def result(self, task: str, key: str) -> Path:
         return self.results / task / f"{key}.parquet"
+
+    @property
+    def predictions(self) -> Path:
+        return self.store / "predictions"
+
+    def prediction(self, task: str, key: str) -> Path:
+        """Per-item test predictions of the run whose rows are `result(task, key)`."""
+        return self.predictions / task / f"{key}.parquet"
 
     @property
     def mirror_record(self) -> Path:

@@ -18,10 +18,13 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+REPORT_STAGE = "report"  # the `stage` tag of the report stage's own runs
 RUNS_OF_EXPERIMENT = """
 select r.run_uuid, r.lifecycle_stage, r.status from runs r
 join experiments e on e.experiment_id = r.experiment_id
-where e.name = ? or e.name like ? escape '\\'
+where (e.name = ? or e.name like ? escape '\\')
+  and not exists (select 1 from tags t
+                  where t.run_uuid = r.run_uuid and t.key = 'stage' and t.value = 'report')
 order by r.run_uuid
 """
 
@@ -29,7 +32,9 @@ order by r.run_uuid
 def experiment_runs(uri: str, experiment: str) -> list[list[str]]:
     """(run id, lifecycle stage, status) of every run of `experiment` and its sub-experiments
     (`<experiment>/transfer/<task>`), deleted ones included: what a report built from the
-    catalog depends on. Read straight from a SQLite store (no MLflow start-up), else through
+    catalog depends on. The report's own runs are left out: it records one each time it is
+    built, which would change the key of the next, unchanged build.
+    Read straight from a SQLite store (no MLflow start-up), else through
     the client."""
     db_path = sqlite_path(uri)
     prefix = experiment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
@@ -49,4 +54,5 @@ def experiment_runs(uri: str, experiment: str) -> list[list[str]]:
              if e.name == experiment or e.name.startswith(experiment + "/")]
     runs = [run for e in names for run in client.search_runs(
         [e.experiment_id], run_view_type=mlflow.entities.ViewType.ALL, max_results=50_000)]
-    return sorted([r.info.run_id, r.info.lifecycle_stage, r.info.status] for r in runs)
+    return sorted([r.info.run_id, r.info.lifecycle_stage, r.info.status] for r in runs
+                  if r.data.tags.get("stage") != REPORT_STAGE)

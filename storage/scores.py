@@ -4,7 +4,8 @@ A cell is whatever the caller groups by (the report: task x model x mode x budge
 catalog's `version_scores`: registered version x task x mode x budget x metric; the transfer
 summary: task x family x version x mode x budget x metric). In every cell:
 
-- each seed counts at the learning rate it chose on dev (best dev accuracy of the whole model):
+- each seed counts at the learning rate it chose on dev (best dev score of the whole model on
+  the task's headline metric, the rows' `headline` flag):
   a seed is one replicate of the whole protocol, rate choice included, so none is dropped, and a
   rate the seed did not choose never leaks into its test score;
 - the score is the test split of the whole model (`layer is null`), or of each layer
@@ -27,13 +28,13 @@ STATS = (
 
 def chosen_rows(source: str, cell: Sequence[str]) -> str:
     """CTEs `dev_best`, `lr_pick` and `chosen` (to follow a `with ...,`): the rows of `source`
-    minus those of a learning rate a seed did not choose on dev within its `cell` (metric aside).
-    A cell with no dev accuracy keeps all its rows."""
+    minus those of a learning rate a seed did not choose on dev within its `cell` (metric aside),
+    by the dev headline metric. A cell with no dev headline rows keeps all its rows."""
     part = ", ".join(c for c in cell if c != "metric")
     on = " and ".join(f"src.{c} = p.{c}" for c in (*[c for c in cell if c != "metric"], "seed"))
     return f"""dev_best as (
     select {part}, lr, seed, max(value) as best from {source}
-    where split = 'dev' and metric = 'accuracy' and layer is null group by all),
+    where split = 'dev' and headline and layer is null group by all),
 lr_pick as (
     select {part}, seed, arg_max(lr, best) as lr from dev_best group by all),
 chosen as (

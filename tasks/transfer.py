@@ -33,7 +33,7 @@ import pipelines.transfer.runs as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec, parse_mode
 from storage import registry, tracking
 from storage.atomic import write_parquet
-from storage.catalog import RESULT_SCHEMA
+from storage.catalog import PREDICTION_SCHEMA, RESULT_SCHEMA
 from storage.layout import Layout
 from storage.registry import ModelRef
 from tasks.models import ModelRun, build_model, git_sha, model_hit
@@ -45,8 +45,9 @@ from tasks.tracking import open_tracking
 CODE = [
     transfer_lib, heads_lib, metrics_lib, features_lib, protocol_lib, task_data_lib, task_splits
 ]
-ROWS_VERSION = 3  # 2: dev rows carry metric "step"; 3: step-based protocol, `epoch` holds the
-# dev evaluation's index, test rows add metrics "steps" and "converged" (1.0 or 0.0)
+ROWS_VERSION = 4  # 2: dev rows carry metric "step"; 3: step-based protocol, `epoch` holds the
+# dev evaluation's index, test rows add metrics "steps" and "converged" (1.0 or 0.0);
+# 4: columns task_fingerprint, headline and point, per-item predictions beside each run
 Item = tuple[int, str, str, float, int | None]  # evaluation, split, metric, value, layer
 Point = tuple[str, float | None, int]  # metric, value, step
 
@@ -60,10 +61,28 @@ def experiment_name(spec: Spec, task_name: str) -> str:
     return f"{spec.experiment}/transfer/{task_name}"
 
 
-def _rows(base: dict[str, Any], items: list[Item]) -> pa.Table:
+def _base(data: task_data_lib.TaskData, **columns: Any) -> dict[str, Any]:
+    """The columns every row of a run shares, the task's fingerprint among them."""
+    return {"task": data.name, "task_fingerprint": data.fingerprint, "point": None, **columns}
+
+
+def _rows(base: dict[str, Any], items: list[Item], headline: str) -> pa.Table:
+    """Result rows; `headline` is the task's headline metric, which each row is flagged by."""
     names = ("epoch", "split", "metric", "value", "layer")
-    rows = [{**base, **dict(zip(names, item, strict=True))} for item in items]
+    rows = [{**base, **dict(zip(names, item, strict=True)),
+             "headline": item[1] in ("dev", "test") and item[2] == headline} for item in items]
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+
+
+def _predictions(data: task_data_lib.TaskData, base: dict[str, Any],
+                 found: transfer_lib.Predictions) -> pa.Table:
+    """The side table of a run: per test item its example, gold and predicted label."""
+    names = [*data.labels, *data.unseen]
+    keep = ("run_id", "task", "family", "mode", "budget", "seed")
+    rows = [{**{k: base[k] for k in keep}, "item": i, "example": e, "gold": names[g],
+             "pred": names[p], "correct": g == p}
+            for i, (e, g, p) in enumerate(zip(found.example, found.gold, found.pred, strict=True))]
+    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 
 def _rows_hit(path: Path) -> dict[str, Any] | None:
@@ -80,9 +99,12 @@ def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict
     return cached_output(store, store.layout.result(task_name, key), compute, _rows_hit)
 
 
-def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
-            points: list[Point], base: dict[str, Any], items: list[Item], path: Path) -> dict:
-    """One MLflow run (all metrics in one batch) and its result rows, written atomically."""
+def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[str, str],
+            points: list[Point], base: dict[str, Any], items: list[Item], path: Path,
+            predictions: transfer_lib.Predictions | None = None) -> dict:
+    """One MLflow run (all metrics in one batch) and its result rows, written atomically; the
+    run's per-item test predictions first, so a complete result file always has them."""
+    task_name = data.name
     with tracking.start_stage_run(experiment_name(spec, task_name), run_name,
                                   {"stage": "transfer", "task": task_name, **tags}) as run:
         now = int(time.time() * 1000)
@@ -93,7 +115,12 @@ def _record(spec: Spec, task_name: str, run_name: str, tags: dict[str, str],
         if tags.get("model_id"):  # the MLflow Model this run evaluated (its Models page lists it)
             client.log_inputs(run.info.run_id, models=[LoggedModelInput(tags["model_id"])])
         run_id = run.info.run_id
-    write_parquet(path, _rows({"run_id": run_id, **base}, items))
+    base = {"run_id": run_id, **base}
+    if predictions is not None:
+        store = Layout.at(spec.store)
+        side = store.prediction(path.parent.name, path.stem)
+        write_parquet(side, _predictions(data, base, predictions))
+    write_parquet(path, _rows(base, items, metrics_lib.headline(data)))
     return {"cache_hit": False, "rows": len(items), "run_id": run_id}
 
 
@@ -116,7 +143,8 @@ def load_task(spec: Spec, task_spec: TaskSpec) -> task_data_lib.TaskData:
 
 def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) -> dict:
     key = content_key({"task": data.fingerprint, "method": method, "budget": budget,
-                       "seed": seed}, [baselines_lib, task_data_lib, task_splits])
+                       "seed": seed, "rows": ROWS_VERSION},
+                      [baselines_lib, task_data_lib, task_splits])
     return _result(spec, data.name, key,
                    lambda path: _baseline_rows(spec, data, method, budget, seed, path))
 
@@ -125,10 +153,10 @@ def _baseline_rows(spec: Spec, data: Any, method: str, budget: Any, seed: int,
                    path: Path) -> dict:
     scores = baselines_lib.baseline(data, task_data_lib.take_budget(data.train, budget, seed))
     pairs = [(split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
-    base = {"task": data.name, "family": "baseline", "model_version": "", "mode": method,
-            "budget": str(budget), "seed": seed, "lr": 0.0}
+    base = _base(data, family="baseline", model_version="", mode=method, budget=str(budget),
+                 seed=seed, lr=0.0)
     tags = {"family": "baseline", "mode": method, "budget": str(budget), "seed": str(seed)}
-    return _record(spec, data.name, f"baseline-{method}/{data.name}-b{budget}-s{seed}", tags,
+    return _record(spec, data, f"baseline-{method}/{data.name}-b{budget}-s{seed}", tags,
                    [(f"{split}_{k}", v, 0) for split, k, v in pairs], base,
                    [(0, split, k, v, None) for split, k, v in pairs], path)
 
@@ -207,10 +235,10 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
             "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_step": str(best_step),
             "steps": str(best.steps), "converged": str(best.converged),
             "train_examples": str(len(train)), **_model_tags(model)}
-    base = {"task": data.name, "family": family, "model_version": model.version,
-            "mode": mode, "budget": str(budget), "seed": seed, "lr": best_lr}
-    result = _record(spec, data.name, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
-                     points, base, items, path)
+    base = _base(data, family=family, model_version=model.version, mode=mode,
+                 budget=str(budget), seed=seed, lr=best_lr)
+    result = _record(spec, data, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
+                     points, base, items, path, best.test_predictions)
     stage_logger().info(
         f"{family} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
         f"test {headline} {best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
@@ -234,10 +262,10 @@ def _per_layer(spec: Spec, data: Any, family: str, model: ModelRef, kind: str,
                path: Path) -> dict[str, Any]:
     """Record per-layer numbers (probes, polysemy) as one run and layer-indexed rows."""
     pairs = [(layer, k, v) for layer, metrics in scores.items() for k, v in metrics.items()]
-    base = {"task": result_task, "family": family, "model_version": model.version,
-            "mode": kind, "budget": "all", "seed": 0, "lr": lr}
+    base = _base(data, task=result_task, family=family, model_version=model.version, mode=kind,
+                 budget="all", seed=0, lr=lr)
     open_tracking(spec)
-    return _record(spec, data.name, f"{kind}-{family}/{data.name}",
+    return _record(spec, data, f"{kind}-{family}/{data.name}",
                    {"family": family, "mode": kind, **_model_tags(model)},
                    [(f"test_{k}", v, layer) for layer, k, v in pairs], base,
                    [(0, "test", k, v, layer) for layer, k, v in pairs], path)
@@ -249,7 +277,7 @@ def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
     """A linear probe per layer: which layer knows what."""
     lr = spec.transfer.lrs["frozen"][0]
     key = "probe-" + content_key({"task": data.fingerprint, "family": family,
-                                  "model": model.model_key, "lr": lr,
+                                  "model": model.model_key, "lr": lr, "rows": ROWS_VERSION,
                                   "transfer": _run_settings(spec)}, CODE)
 
     def probe(path: Path) -> dict[str, Any]:
@@ -266,7 +294,7 @@ def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
                  model: ModelRef) -> dict[str, Any]:
     """Same-sense vs different-sense similarity of a word across sentences, per layer."""
     key = content_key({"task": data.fingerprint, "family": family, "model": model.model_key,
-                       "max_len": spec.transfer.max_len}, CODE)
+                       "max_len": spec.transfer.max_len, "rows": ROWS_VERSION}, CODE)
 
     def similarity(path: Path) -> dict[str, Any]:
         scores = transfer_lib.polysemy_similarity(model.architecture, model.path, data,

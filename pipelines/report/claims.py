@@ -1,104 +1,111 @@
-"""The claims: one line each saying whether this run supports it, with the numbers.
+"""The claims: one line each with the outcome the paired rule gives (`stats.RULE`, applied by
+`verdicts.judge`) and the numbers, a pilot line (how many seeds would decide it) and its rows of
+the paired-cell table.
 
 Every claim reads typed findings (`findings.Findings`) that the sections computed, never the
-report's rendered sentences.
+report's rendered sentences, and each task's headline metric.
 """
 
 from __future__ import annotations
 
-import math
-
-from scipy import stats
-
-from pipelines.report.document import NOT_MEASURED, Claim, overall
+from pipelines.report.document import INCONCLUSIVE, NOT_MEASURED, Claim
 from pipelines.report.findings import Findings, ModePair, is_pos, is_wic
-from pipelines.report.scores import Diff, budget_order, family_of, versus_baseline_text
+from pipelines.report.scores import Data, budget_order, family_of, versus_baseline_text
 from pipelines.report.sections_scores import MASK_PARAM
+from pipelines.report.stats import Outcome, Verdict
+from pipelines.report.verdicts import (
+    Cell,
+    Judged,
+    cell_rows,
+    cell_text,
+    judge,
+    pilot,
+    score_cell,
+    seeds_cell,
+)
 
 WIC_CHANCE = 0.5  # word-in-context test sets are balanced
-CHANCE_BAND = 0.05  # "about chance": within 5 points (or the CI) of it
+STEPS_WORDS = {Verdict.BETTER: "more steps", Verdict.WORSE: "fewer steps"}  # finetune − scratch
 
 
 def _budgets(pairs: list[ModePair]) -> str:
     return "/".join(sorted({p.budget for p in pairs}, key=budget_order))
 
 
-def claim_few_labels(found: Findings) -> Claim:
+def _judged_claim(name: str, judged: Judged, text: str, unit: str = "") -> Claim:
+    """The claim with its outcome, its cells' numbers in the line, a pilot and table rows."""
+    detail = "; ".join(cell_text(c, judged) for c in judged.cells)
+    return Claim(name, judged.outcome.value, f"{name}{text}: {judged.outcome.value} ({detail}).",
+                 pilot(judged, unit), cell_rows(name, judged))  # fmt: skip
+
+
+def _pair_cells(data: Data, pairs: list[ModePair], with_budget: bool = True) -> list[Cell]:
+    return [
+        score_cell(data, f"{p.model}/{p.task}" + (f"@{p.budget}" if with_budget else ""),
+                   p.a_key, p.b_key)
+        for p in pairs
+    ]  # fmt: skip
+
+
+def claim_few_labels(data: Data, found: Findings) -> Claim:
     name = "Pretrained beats scratch when labels are few"
     pairs = found.few_labels
     if not pairs:
         return Claim(name, NOT_MEASURED, f"{name}: not measured (no finetune/scratch pairs).")
     small = [p for p in pairs if p.budget == found.budgets[p.task][0]]
-    large = [p for p in pairs if p.budget == found.budgets[p.task][-1]
-             and p.budget != found.budgets[p.task][0]]  # fmt: skip
-    verdict = overall(sum(p.diff.above for p in small), len(small))
-
-    def detail(ps: list[ModePair]) -> str:
-        return "; ".join(
-            f"{p.model}/{p.task} {p.a.mean:.3f} vs {p.b.mean:.3f}, {p.diff.text()}"
-            f"{', below baseline' if p.a_vs_baseline and p.a_vs_baseline.below else ''}"
-            for p in ps
-        )
-
-    line = f"{name}: {verdict} at {_budgets(small)} labels ({detail(small)})"
-    if large:
-        line += f"; at {_budgets(large)}: {detail(large)}"
-    return Claim(name, verdict, line + ".")
+    judged = judge(_pair_cells(data, small, with_budget=False))
+    below = [f"{p.model}/{p.task}" for p in small if p.a_vs_baseline and p.a_vs_baseline.below]
+    note = f"; finetune below baseline: {', '.join(below)}" if below else ""
+    claim = _judged_claim(name, judged, f" (finetune vs scratch at {_budgets(small)} labels)")
+    return Claim(claim.name, claim.verdict, claim.line[:-2] + note + ").", claim.pilot,
+                 claim.cells)  # fmt: skip
 
 
-def claim_convergence(found: Findings) -> Claim:
+def claim_convergence(data: Data, found: Findings) -> Claim:
     name = "Pretrained converges faster"
-    reached, unit = found.convergence.reached, found.convergence.unit
-    pairs = [
-        (k, s, reached[k.but(mode="scratch")])
-        for k, s in sorted(reached.items())
-        if k.mode == "finetune" and k.but(mode="scratch") in reached
-    ]
-    if not pairs:
+    conv, unit = found.convergence, found.convergence.unit
+    keys = [k for k in sorted(conv.steps) if k.mode == "finetune"
+            and k.but(mode="scratch") in conv.steps]  # fmt: skip
+    if not keys:
         return Claim(name, NOT_MEASURED, f"{name}: not measured (no finetune and scratch curves).")
-    verdict = overall(sum(ft.mean < sc.mean for _, ft, sc in pairs), len(pairs))
-    detail = "; ".join(
-        f"{k.model}/{k.task}@{k.budget} {ft.mean:.1f} vs {sc.mean:.1f} {unit}"
-        for k, ft, sc in pairs
-    )
+    cells = [
+        seeds_cell(f"{k.model}/{k.task}@{k.budget}", conv.steps[k], conv.steps[s],
+                   k in conv.unconverged or s in conv.unconverged)
+        for k in keys if (s := k.but(mode="scratch"))
+    ]  # fmt: skip
+    judged = judge(cells, sign=-1)
+    detail = "; ".join(cell_text(c, judged, 1, STEPS_WORDS) for c in judged.cells)
     return Claim(
         name,
-        verdict,
-        f"{name} ({unit} to 95% of final dev accuracy, finetune vs scratch): {verdict} ({detail}).",
+        judged.outcome.value,
+        f"{name} ({unit} to 95% of the dev gain, finetune vs scratch, fewer is faster): "
+        f"{judged.outcome.value} ({detail}).",
+        pilot(judged, f" {unit}"),
+        cell_rows(name, judged, 1, STEPS_WORDS),
     )
 
 
-def _pairs_claim(name: str, pairs: list[ModePair], what: str = "", where: str = "") -> Claim:
-    """Supported where the first score of each pair beats the second beyond their intervals;
-    the line gives every pair's numbers."""
-    verdict = overall(sum(p.diff.above for p in pairs), len(pairs))
-    detail = "; ".join(
-        f"{p.model}/{p.task}@{p.budget} {p.a.mean:.3f} vs {p.b.mean:.3f}, {p.diff.text()}"
-        for p in pairs
-    )
-    return Claim(name, verdict, f"{name}{what}: {verdict}{where} ({detail}).")
-
-
-def claim_frozen_finetune(found: Findings) -> Claim:
+def claim_frozen_finetune(data: Data, found: Findings) -> Claim:
     name = "Fine-tuning beats frozen features"
     pairs = [p for p in found.frozen_finetune if p.budget == found.budgets[p.task][-1]]
     if not pairs:
         return Claim(name, NOT_MEASURED, f"{name}: not measured (no frozen/finetune pairs).")
-    return _pairs_claim(name, pairs, where=" at the largest budget")
+    return _judged_claim(name, judge(_pair_cells(data, pairs)), " at the largest budget")
 
 
-def claim_adaptation(found: Findings) -> Claim:
+def claim_adaptation(data: Data, found: Findings) -> Claim:
     """ULMFiT's middle stage: the model adapted on the task's text vs its parent, fine-tuned."""
     name = "Domain adaptation helps"
     if not found.adapted:
         why = "no <family>+adapt runs; see transfer.adapt"
         return Claim(name, NOT_MEASURED, f"{name}: not measured ({why}).")
-    return _pairs_claim(name, found.adapted, what=" (finetune, adapted vs parent)")
+    judged = judge(_pair_cells(data, found.adapted))
+    return _judged_claim(name, judged, " (finetune, adapted vs parent)")
 
 
-def claim_partial(found: Findings) -> Claim:
-    """Rising where the score at the most loaded layers beats the fewest (and, with three or
-    more points, the rank correlation with k is positive); partial:k:frozen curves count too."""
+def claim_partial(data: Data, found: Findings) -> Claim:
+    """Loading the most layers (largest k) against the fewest (scratch as k = 0), paired; the
+    line also lists every point of each curve."""
     name = "Loading more pretrained layers helps (partial:k)"
     curves = [c for c in found.partial if len(c.points) >= 2]
     if not curves:
@@ -107,20 +114,21 @@ def claim_partial(found: Findings) -> Claim:
             NOT_MEASURED,
             f"{name}: not measured (needs partial:k and scratch or two values of k).",
         )
-    hits = 0
-    parts = []
-    for curve in curves:
-        means = [s.mean for _, s in curve.points]
-        rising = means[-1] > means[0]
-        if rising and len(means) >= 3:  # and no worse than flat overall
-            rising = stats.spearmanr([k for k, _ in curve.points], means).statistic > 0
-        hits += rising
-        parts.append(f"{curve.label} " + ", ".join(f"k={k} {s.mean:.3f}" for k, s in curve.points))
-    verdict = overall(hits, len(curves))
-    return Claim(name, verdict, f"{name}: {verdict} ({'; '.join(parts)}).")
+    cells = []
+    for c in curves:
+        lo, hi = min(c.keys), max(c.keys)
+        cells.append(score_cell(data, f"{c.label} k={hi} vs k={lo}", c.keys[hi], c.keys[lo]))
+    judged = judge(cells)
+    curves_text = "; ".join(
+        f"{c.label} " + ", ".join(f"k={k} {s.mean:.3f}" for k, s in c.points) for c in curves
+    )
+    claim = _judged_claim(name, judged, "")
+    return Claim(name, claim.verdict, claim.line[:-2] + f"; curves: {curves_text}).",
+                 claim.pilot, claim.cells)  # fmt: skip
 
 
 def claim_lower_layers(found: Findings) -> Claim:
+    """Descriptive: a probe is one run per layer, so no paired test decides it."""
     name = "Lower layers are more general (best probe layer for POS below WiC's)"
     pos = {m: layer for (t, m), layer in found.best_layers.items() if is_pos(t)}
     wic = {m: layer for (t, m), layer in found.best_layers.items() if is_wic(t)}
@@ -131,51 +139,54 @@ def claim_lower_layers(found: Findings) -> Claim:
             NOT_MEASURED,
             f"{name}: not measured (needs probes on a POS and a WiC task for the same model).",
         )
-    verdict = overall(sum(pos[m] < wic[m] for m in both), len(both))
+    agree = sum(pos[m] < wic[m] for m in both)
     detail = "; ".join(f"{m} POS layer {pos[m]} vs WiC layer {wic[m]}" for m in both)
-    return Claim(name, verdict, f"{name}: {verdict} ({detail}).")
+    return Claim(
+        name,
+        INCONCLUSIVE,
+        f"{name}: {INCONCLUSIVE} — best layers read off mean probe scores, no paired test "
+        f"({agree} of {len(both)} models as claimed: {detail}).",
+        "a best-layer reading is not a paired comparison: no seed count decides it.",
+    )
 
 
-def claim_word2vec_wic(found: Findings) -> Claim:
+def claim_word2vec_wic(data: Data, found: Findings) -> Claim:
+    """Each WiC cell against chance, paired with a constant arm. The rule never turns "no
+    detectable difference" into equivalence, so the claim is contradicted by a cell that
+    differs from chance and otherwise inconclusive."""
     name = "Static word2vec is at chance on WiC"
     if not found.word2vec_wic:
         return Claim(
             name, NOT_MEASURED, f"{name}: not measured (no word2vec result on a WiC task)."
         )
-    hits = 0
-    parts = []
+    cells = []
     for task, best, gap in found.word2vec_wic:
-        stat = best.stat
-        band = max(CHANCE_BAND, 0.0 if math.isnan(stat.ci) else stat.ci)
-        hits += abs(stat.mean - WIC_CHANCE) <= band
-        parts.append(
-            f"{task}@{best.budget} best mode {best.mode} {stat.text()} vs chance "
-            f"{WIC_CHANCE:.2f}, {versus_baseline_text(gap)}"
-        )
+        seeds = data.seeds(data.key(task, "word2vec", best.mode, best.budget))
+        label = f"{task}@{best.budget} {best.mode} vs chance ({versus_baseline_text(gap)})"
+        cells.append(seeds_cell(label, seeds, {s: WIC_CHANCE for s in seeds}))
+    judged = judge(cells, sign=0)
+    outcome = Outcome.CONTRADICTED if judged.outcome == Outcome.SUPPORTED else Outcome.INCONCLUSIVE
     sep = [r.separation for r in found.polysemy if family_of(r.model) == "word2vec"]
-    if sep:
-        parts.append(f"polysemy separation {sep[0]:+.3f}")
-    verdict = overall(hits, len(found.word2vec_wic))
-    return Claim(name, verdict, f"{name}: {verdict} ({'; '.join(parts)}).")
+    extra = f"; polysemy separation {sep[0]:+.3f}" if sep else ""
+    detail = "; ".join(cell_text(c, judged) for c in judged.cells)
+    return Claim(name, outcome.value, f"{name}: {outcome.value} ({detail}{extra}).",
+                 pilot(judged), cell_rows(name, judged))  # fmt: skip
 
 
-def claim_scalar_mix(found: Findings) -> Claim:
+def claim_scalar_mix(data: Data, found: Findings) -> Claim:
     name = "Scalar mix ≥ best single layer (frozen)"
     singles = found.singles
     if not singles:
         return Claim(
             name, NOT_MEASURED, f"{name}: not measured (no frozen:layer=N runs beside frozen)."
         )
-    verdict = overall(sum(s.mix.mean >= s.best.mean for s in singles), len(singles))
-    detail = "; ".join(
-        f"{s.model}/{s.task}@{s.budget} mix {s.mix.mean:.3f} vs layer {s.layer} "
-        f"{s.best.mean:.3f}, {s.diff.text()}"
-        for s in singles
-    )
-    return Claim(name, verdict, f"{name}: {verdict} ({detail}).")
+    cells = [score_cell(data, f"{s.model}/{s.task}@{s.budget} mix vs layer {s.layer}",
+                        s.mix_key, s.best_key) for s in singles]  # fmt: skip
+    return _judged_claim(name, judge(cells), "")
 
 
 def claim_masking(found: Findings) -> Claim:
+    """Two-sided: the masking mix matters when any cell differs either way."""
     name = "BERT's masking mix matters"
     by_cell: dict[tuple[str, str, str], list] = {}
     for c in found.masking:
@@ -188,30 +199,29 @@ def claim_masking(found: Findings) -> Claim:
             f"{name}: not measured (needs two BERT versions that "
             f"differ in {MASK_PARAM}, both transferred).",
         )
-    hits = 0
-    parts = []
-    for (task, mode, b), variants in sorted(cells.items()):
-        lo, hi = variants[0], variants[-1]
-        d = Diff.of(hi.stat, lo.stat)
-        hits += Diff(abs(d.value), d.ci).above
-        parts.append(
-            f"{task}/{mode}@{b} mask {hi.mask_prob:g}: {hi.stat.mean:.3f} vs "
-            f"{lo.mask_prob:g}: {lo.stat.mean:.3f}, {d.text()}"
-        )
-    verdict = overall(hits, len(cells))
-    return Claim(name, verdict, f"{name}: {verdict} ({'; '.join(parts)}).")
+    pairs = [
+        seeds_cell(f"{task}/{mode}@{b} mask {v[-1].mask_prob:g} vs {v[0].mask_prob:g}",
+                   v[-1].seeds, v[0].seeds)
+        for (task, mode, b), v in sorted(cells.items())
+    ]  # fmt: skip
+    return _judged_claim(name, judge(pairs, sign=0), " (either direction)")
 
 
-def all_claims(found: Findings) -> list[Claim]:
+def all_claims(data: Data, found: Findings) -> list[Claim]:
     """The claims in the order the report lists them."""
     return [
-        claim_few_labels(found),
-        claim_convergence(found),
-        claim_frozen_finetune(found),
-        claim_partial(found),
+        claim_few_labels(data, found),
+        claim_convergence(data, found),
+        claim_frozen_finetune(data, found),
+        claim_partial(data, found),
         claim_lower_layers(found),
-        claim_word2vec_wic(found),
-        claim_scalar_mix(found),
+        claim_word2vec_wic(data, found),
+        claim_scalar_mix(data, found),
         claim_masking(found),
-        claim_adaptation(found),
+        claim_adaptation(data, found),
     ]
+
+
+def undecided(claims: list[Claim]) -> list[str]:
+    """The claims this run's size cannot decide (their pilot says so)."""
+    return [c.name for c in claims if "cannot decide" in c.pilot]

@@ -14,28 +14,21 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from pipelines.report.stats import Outcome
 from storage.atomic import atomic_path
 
-SUPPORTED, PARTLY, NOT_SUPPORTED, NOT_MEASURED = (
-    "supported",
-    "partly supported",
-    "not supported",
-    "not measured",
-)
+# A claim's outcome: one of stats.Outcome (by stats.RULE), or not measured (no cells at all).
+SUPPORTED, CONTRADICTED, MIXED, INCONCLUSIVE = (o.value for o in Outcome)
+NOT_MEASURED = "not measured"
 
 
 @dataclass(frozen=True)
 class Claim:
     name: str
-    verdict: str  # supported | partly supported | not supported | not measured
+    verdict: str  # supported | contradicted | mixed | inconclusive | not measured
     line: str  # the one line the report prints, numbers included
-
-
-def overall(hits: int, total: int) -> str:
-    """A claim's verdict from how many of its cells support it."""
-    if total == 0:
-        return NOT_MEASURED
-    return SUPPORTED if hits == total else PARTLY if hits else NOT_SUPPORTED
+    pilot: str = ""  # how many seeds would decide it (stats.seeds_needed), one line
+    cells: list[list[str]] = field(default_factory=list)  # its rows of the paired-cell table
 
 
 @dataclass(frozen=True)

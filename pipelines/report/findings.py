@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipelines.report.readings import ConvergenceSummary
 from pipelines.report.scores import BaselineGap, Data, Diff, ScoreKey, Stat, family_of, mode_of
 
 
@@ -20,6 +21,8 @@ class ModePair:
     budget: str
     a: Stat
     b: Stat
+    a_key: ScoreKey
+    b_key: ScoreKey
     a_vs_baseline: BaselineGap | None = None
 
     @property
@@ -34,7 +37,9 @@ def pairs(data: Data, mode_a: str, mode_b: str) -> list[ModePair]:
         if key.mode == mode_a and (other := data.scores.get(key.but(mode=mode_b))):
             a = data.scores[key]
             gap = data.against_baseline(key.task, key.budget, a)
-            out.append(ModePair(key.task, key.model, key.budget, a, other, gap))
+            out.append(
+                ModePair(key.task, key.model, key.budget, a, other, key, key.but(mode=mode_b), gap)
+            )
     return out
 
 
@@ -43,9 +48,10 @@ def adapted_pairs(data: Data) -> list[ModePair]:
     out = []
     for key in data.cells():
         if key.mode == "finetune" and key.model.endswith("+adapt"):
-            parent = data.scores.get(key.but(model=key.model.removesuffix("+adapt")))
-            if parent:
-                out.append(ModePair(key.task, key.model, key.budget, data.scores[key], parent))
+            parent_key = key.but(model=key.model.removesuffix("+adapt"))
+            if parent := data.scores.get(parent_key):
+                out.append(ModePair(key.task, key.model, key.budget, data.scores[key], parent,
+                                    key, parent_key))  # fmt: skip
     return out
 
 
@@ -59,6 +65,8 @@ class SingleLayer:
     mix: Stat
     layer: int
     best: Stat
+    mix_key: ScoreKey
+    best_key: ScoreKey
 
     @property
     def diff(self) -> Diff:
@@ -72,7 +80,7 @@ def single_layers(data: Data) -> list[SingleLayer]:
         if key.mode != "frozen":
             continue
         singles = [
-            (mode.layer, data.scores[k])
+            (mode.layer, data.scores[k], k)
             for k in cells
             if (k.task, k.model, k.budget) == (key.task, key.model, key.budget)
             and (mode := mode_of(k.mode)) is not None
@@ -80,8 +88,9 @@ def single_layers(data: Data) -> list[SingleLayer]:
             and mode.layer is not None
         ]
         if singles:
-            layer, stat = max(singles, key=lambda ls: ls[1].mean)
-            out.append(SingleLayer(key.task, key.model, key.budget, data.scores[key], layer, stat))
+            layer, stat, best = max(singles, key=lambda ls: ls[1].mean)
+            mix = data.scores[key]
+            out.append(SingleLayer(key.task, key.model, key.budget, mix, layer, stat, key, best))
     return out
 
 
@@ -95,6 +104,7 @@ class PartialCurve:
     budget: str
     frozen: bool
     points: list[tuple[int, Stat]] = field(default_factory=list)
+    keys: dict[int, ScoreKey] = field(default_factory=dict)  # k -> its cell
 
     @property
     def label(self) -> str:
@@ -114,9 +124,11 @@ def partial_curves(data: Data) -> list[PartialCurve]:
         slot = (key.task, key.model, key.budget, mode.freeze_loaded)
         curve = curves.setdefault(slot, PartialCurve(*slot))
         curve.points.append((mode.k, data.scores[key]))
+        curve.keys[mode.k] = key
     for curve in curves.values():
         if scratch := data.score(curve.task, curve.model, "scratch", curve.budget):
             curve.points.append((0, scratch))
+            curve.keys[0] = data.key(curve.task, curve.model, "scratch", curve.budget)
         curve.points.sort(key=lambda p: p[0])
     return sorted(curves.values(), key=PartialCurve.sort_key)
 
@@ -139,7 +151,7 @@ def best_at_largest(data: Data, task: str, family: str) -> BestMode | None:
         if k.task == task
         and family_of(k.model) == family
         and k.budget == b
-        and k.metric == "accuracy"
+        and k.metric == data.metric(task)
         and k.mode != "scratch"
     ]
     if not found or b is None:
@@ -179,13 +191,17 @@ class MaskingCell:
     mask_prob: float
     stat: Stat
     model: str = ""  # bert, a variant's name, or name@version
+    seeds: dict[int, float] = field(default_factory=dict)  # seed -> score
 
 
 @dataclass(frozen=True)
 class Convergence:
-    """Optimizer steps (or epochs) to reach 95% of the final dev accuracy, per cell."""
+    """Optimizer steps (or epochs) to 95% of the dev gain per cell (`readings.convergence`):
+    per seed, summarised over seeds, and the cells with a run that did not converge."""
 
-    reached: dict[ScoreKey, Stat]
+    steps: dict[ScoreKey, dict[int, float]]
+    summary: dict[ScoreKey, ConvergenceSummary]
+    unconverged: set[ScoreKey]
     unit: str
 
 

@@ -17,9 +17,21 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)])
 
 
-def render_markdown(title: str, claims: list[Claim], sections: list[Section]) -> str:
-    out = [f"# {title}", "", "## Claims", ""]
-    out += [f"- **{c.verdict}** — {c.line}" for c in claims]
+def _claim_lines(c: Claim) -> list[str]:
+    return [f"- **{c.verdict}** — {c.line}", *([f"  - pilot: {c.pilot}"] if c.pilot else [])]
+
+
+def render_markdown(
+    title: str, claims: list[Claim], sections: list[Section], protocol: Sequence[str] = ()
+) -> str:
+    """`protocol` (the rules verdicts follow, markdown paragraphs) is printed verbatim on top."""
+    out = [f"# {title}", ""]
+    if protocol:
+        out += ["## Protocol", ""]
+        for rule in protocol:
+            out += [rule.rstrip(), ""]
+    out += ["## Claims", ""]
+    out += [line for c in claims for line in _claim_lines(c)]
     for sec in sections:
         out += ["", f"## {sec.title}", ""]
         for block in sec.blocks:
@@ -58,16 +70,31 @@ def _html_block(block: Text | Table | Image) -> str:
     raise TypeError(f"not a report block: {block!r}")
 
 
-def render_html(title: str, claims: list[Claim], sections: list[Section]) -> str:
+def _paragraphs(rule: str) -> list[str]:
+    """A markdown rule as HTML paragraphs (**bold** and *italic* kept)."""
+    return [
+        "<p>" + re.sub(r"(?<!\*)\*([^*]+?)\*(?!\*)", r"<em>\1</em>", _inline(p.strip())) + "</p>"
+        for p in rule.split("\n\n") if p.strip()
+    ]  # fmt: skip
+
+
+def render_html(
+    title: str, claims: list[Claim], sections: list[Section], protocol: Sequence[str] = ()
+) -> str:
     """One self-contained page: the PNGs are embedded as base64."""
     out = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;"
         "max-width:1100px;margin:auto}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1><h2>Claims</h2><ul>",
+        f"<h1>{html.escape(title)}</h1>",
+        *(["<h2>Protocol</h2>"] if protocol else []),
+        *[p for rule in protocol for p in _paragraphs(rule)],
+        "<h2>Claims</h2><ul>",
         *[
-            f"<li><strong>{html.escape(c.verdict)}</strong> — {html.escape(c.line)}</li>"
+            f"<li><strong>{html.escape(c.verdict)}</strong> — {html.escape(c.line)}"
+            + (f"<br><em>pilot: {html.escape(c.pilot)}</em>" if c.pilot else "")
+            + "</li>"
             for c in claims
         ],
         "</ul>",

@@ -2,9 +2,10 @@
 
 `build_report` is the entry: it opens the catalog (`scores`), draws the eight sections
 (`sections_scores`, `sections_layers`), judges the claims on the findings the sections computed
-(`claims`), and writes report.md, report.html and the PNGs (`render`). Each claim gets one line
-saying whether this run supports it, with the numbers; every neural number is read against the
-task's non-neural baseline.
+(`claims`, by the paired rule of `stats.RULE`), adds the table of every claim's paired cells,
+and writes report.md, report.html and the PNGs (`render`), the rules printed verbatim on top.
+Each claim gets one line with its outcome and the numbers, and a pilot line; every neural
+number is read against the task's non-neural baseline.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.report.claims import all_claims
+from pipelines.report.claims import all_claims, undecided
 from pipelines.report.document import Claim, Plots, Section
 from pipelines.report.findings import (
     Findings,
@@ -23,6 +24,7 @@ from pipelines.report.findings import (
     partial_curves,
     single_layers,
 )
+from pipelines.report.readings import CONVERGENCE_RULE
 from pipelines.report.render import render_html, render_markdown
 from pipelines.report.scores import Data, QueryFn, open_catalog
 from pipelines.report.sections_layers import (
@@ -37,7 +39,11 @@ from pipelines.report.sections_scores import (
     section_convergence,
     section_pretraining,
 )
+from pipelines.report.stats import RULE
+from pipelines.report.verdicts import CELL_HEADERS
 from storage.atomic import write_bytes
+
+PROTOCOL = (RULE, CONVERGENCE_RULE)  # printed verbatim at the top of every report
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,31 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
         masking=mask_cells,
         adapted=adapted_pairs(data),
     )
-    claims = all_claims(found)
-    md = write_bytes(out_dir / "report.md", render_markdown(title, claims, sections).encode())
-    page = write_bytes(out_dir / "report.html", render_html(title, claims, sections).encode())
-    return ReportResult(md, page, list(plots.paths), claims)
+    claims = all_claims(data, found)
+    sections.append(section_cells(claims))
+    md = render_markdown(title, claims, sections, PROTOCOL)
+    page = render_html(title, claims, sections, PROTOCOL)
+    md_path = write_bytes(out_dir / "report.md", md.encode())
+    html_path = write_bytes(out_dir / "report.html", page.encode())
+    return ReportResult(md_path, html_path, list(plots.paths), claims)
+
+
+def section_cells(claims: list[Claim]) -> Section:
+    """Every claim's paired cells: what each verdict rests on."""
+    sec = Section("9. Paired comparisons behind the claims")
+    rows = [row for c in claims for row in c.cells]
+    if not rows:
+        sec.text("Skipped: no claim has paired cells.")
+        return sec
+    sec.text(
+        "First arm minus second, paired by seed (the rule in Protocol): mean difference, its 95% "
+        "t interval, the p-value after Holm's correction over the claim's cells, the verdict, "
+        "and the minimum detectable effect (not an equivalence bound). The bootstrap interval "
+        "over test items × seeds, from the per-item predictions, is shown beside it and does "
+        "not decide; n/a where predictions are missing or the headline is not a mean over items."
+    )
+    sec.table(CELL_HEADERS, rows)
+    cannot = undecided(claims)
+    if cannot:
+        sec.text(f"**This run's size cannot decide**: {'; '.join(cannot)} (see each pilot line).")
+    return sec

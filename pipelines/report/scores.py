@@ -6,6 +6,8 @@ MLflow tables copied there). `pipelines/` may not import MLflow, even through
 (`storage.catalog.refresh(store, tracking_uri)`) or passes its own `query` function.
 A score is `storage.scores`' one definition (test rows, the rate each seed chose on dev, mean
 over seeds); confidence intervals are 95% Student-t intervals over seeds (mean ± t·sd/√n).
+Claims and rankings read each task's headline metric (the rows' `headline` flag); the per-seed
+scores and per-item predictions here are what the paired verdicts (`verdicts`) compare.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from scipy import stats
 
@@ -34,20 +37,47 @@ RELATIONS = (
     "select view_name from duckdb_views() where not internal"
 )
 # `model` is the family, or family@model_version when a family has several versions (ablations);
-# `chosen` keeps, per (task, model, mode, budget, seed), only the learning rate best on dev.
+# `task` is the task, or task [fingerprint] when rows of several task settings exist (so they
+# never pool); `chosen` keeps, per (task, model, mode, budget, seed), the rate best on dev.
 CELL = ("task", "model", "mode", "b")
 BASE = f"""
 with versions as (
     select family, count(distinct model_version) as n from results group by family),
+prints as (
+    select task, count(distinct task_fingerprint) as n from results group by task),
 res as (
-    select r.*, cast(r.budget as varchar) as b,
+    select r.* replace (
+            case when p.n > 1 then r.task || ' [' || left(coalesce(r.task_fingerprint, '?'), 8)
+                 || ']' else r.task end as task),
+        cast(r.budget as varchar) as b,
         case when v.n > 1 then r.family || '@' || coalesce(cast(r.model_version as varchar), '?')
              else r.family end as model
-    from results r join versions v using (family)),
+    from results r join versions v using (family) join prints p on p.task = r.task),
 {chosen_rows("res", CELL)}
 """
-# A neural score the report tabulates: not a probe, not a similarity, one of these metrics.
-SCORED = "mode <> 'probe' and task <> 'polysemy' and metric in ('accuracy', 'macro_f1')"
+# A neural score the report tabulates: not a probe, not a similarity; the headline or macro-F1.
+SCORED = (
+    "mode <> 'probe' and task <> 'polysemy' and (headline or metric in ('accuracy', 'macro_f1'))"
+)
+HEADLINES = (
+    "select task, any_value(metric) as metric from res where headline and split = 'test' "
+    "and layer is null group by task"
+)
+SEED_SCORES = (
+    "select task, model, mode, b, metric, seed, avg(value) as value from chosen "
+    f"where split = 'test' and layer is null and headline and {SCORED} group by all"
+)
+UNCONVERGED = (
+    "select distinct task, model, mode, b from chosen where split = 'test' "
+    "and metric = 'converged' and layer is null and value < 0.5"
+)
+ITEMS = """,
+tested as (select distinct run_id, task, model, mode, b, seed from chosen
+    where split = 'test' and layer is null and mode <> 'probe')
+select t.task, t.model, t.mode, t.b, t.seed, p.run_id,
+    list(cast(p.correct as integer) order by p.item) as correct
+from predictions p join tested t using (run_id) group by all order by all"""
+DEFAULT_HEADLINE = "accuracy"  # a task with no headline rows (probes only, say)
 
 
 class ReportError(PretrainlabError, RuntimeError):
@@ -219,6 +249,9 @@ class Data:
         names = query(RELATIONS).column("name")
         self.relations = set(names.to_pylist())
         self.has_results = "results" in self.relations and self._count("results") > 0
+        self.headlines: dict[str, str] = {}
+        self.seed_scores: dict[ScoreKey, dict[int, float]] = {}
+        self.unconverged: set[ScoreKey] = set()
         self.scores = self._scores() if self.has_results else {}
 
     def _count(self, relation: str) -> int:
@@ -231,22 +264,54 @@ class Data:
         return all(r in self.relations for r in relations)
 
     def _scores(self) -> dict[ScoreKey, Stat]:
+        self.headlines = {r["task"]: r["metric"] for r in self.rows(BASE + HEADLINES)}
         found = self.rows(BASE + cell_stats("chosen", (*CELL, "metric"), SCORED))
+        for r in self.rows(BASE + SEED_SCORES):
+            key = ScoreKey(r["task"], r["model"], r["mode"], r["b"], r["metric"])
+            self.seed_scores.setdefault(key, {})[int(r["seed"])] = float(r["value"])
+        self.unconverged = {
+            ScoreKey(r["task"], r["model"], r["mode"], r["b"], self.metric(r["task"]))
+            for r in self.rows(BASE + UNCONVERGED)
+        }
         return {
             ScoreKey(r["task"], r["model"], r["mode"], r["b"], r["metric"]): Stat.of_row(r)
             for r in found
         }
 
+    def metric(self, task: str) -> str:
+        """The task's headline metric: what its claims and rankings read."""
+        return self.headlines.get(task, DEFAULT_HEADLINE)
+
+    def key(self, task: str, model: str, mode: str, b: str) -> ScoreKey:
+        """The headline cell of a task, model, mode and budget."""
+        return ScoreKey(task, model, mode, b, self.metric(task))
+
     def score(self, task: str, model: str, mode: str, b: str) -> Stat | None:
-        return self.scores.get(ScoreKey(task, model, mode, b))
+        return self.scores.get(self.key(task, model, mode, b))
+
+    def seeds(self, key: ScoreKey) -> dict[int, float]:
+        """{seed: test score} of a headline cell, each seed at the rate it chose on dev."""
+        return self.seed_scores.get(key, {})
+
+    def items(self, key: ScoreKey) -> dict[int, np.ndarray] | None:
+        """{seed: 0/1 correctness per test item} of a cell, from the predictions side table;
+        None when the store has none for it, or the headline is not a mean over items."""
+        if key.metric != "accuracy" or not self.has("predictions"):
+            return None
+        if not hasattr(self, "_items"):
+            self._items: dict[tuple[str, str, str, str], dict[int, np.ndarray]] = {}
+            for r in self.rows(BASE + ITEMS):
+                found = self._items.setdefault((r["task"], r["model"], r["mode"], r["b"]), {})
+                found.setdefault(int(r["seed"]), np.asarray(r["correct"], dtype=float))
+        return self._items.get((key.task, key.model, key.mode, key.budget))
 
     def cells(self) -> list[ScoreKey]:
-        """The accuracy key of every neural score, sorted for tables."""
-        keys = {k for k in self.scores if k.metric == "accuracy" and not k.is_baseline}
+        """The headline key of every neural score, sorted for tables."""
+        keys = {k for k in self.scores if k.metric == self.metric(k.task) and not k.is_baseline}
         return sorted(keys, key=ScoreKey.sort_key)
 
     def baseline_keys(self) -> list[ScoreKey]:
-        return sorted(k for k in self.scores if k.is_baseline and k.metric == "accuracy")
+        return sorted(k for k in self.scores if k.is_baseline and k.metric == self.metric(k.task))
 
     def budgets(self, task: str) -> list[str]:
         return sorted({k.budget for k in self.scores if k.task == task}, key=budget_order)
@@ -254,7 +319,7 @@ class Data:
     def baseline(self, task: str, b: str) -> Baseline | None:
         """The best baseline mode at this budget, else at the task's largest baseline budget."""
         rows = [(k, s) for k, s in self.scores.items() if k.task == task and k.is_baseline
-                and k.metric == "accuracy"]  # fmt: skip
+                and k.metric == self.metric(task)]  # fmt: skip
         if not rows:
             return None
         largest = max((k.budget for k, _ in rows), key=budget_order)

@@ -138,12 +138,13 @@ def section_modes(data: Data, plots: Plots) -> Section:
 # --------------------------------------------------------------------------------- masking
 
 
-def _masking_rows(data: Data) -> list[dict[str, Any]]:
-    """Scores of every BERT model, one cell per model (`model`: its name, with @version when a
-    name has several), beside the mask_replace_prob its pretrain run logged. BERT means the
-    architecture: a variant (`pretrain.variants`, family tag = its own name) counts as well.
-    A row finds its pretrain run through its model_version; a bare version number repeats
-    across registered models, so it matches only within its own name (family)."""
+def _masking_cells(data: Data) -> list[MaskingCell]:
+    """BERT's headline scores per task, mode, budget and model, beside the mask_replace_prob
+    its pretrain run logged, with each seed's score (the masking claim pairs them by seed).
+    BERT means the architecture: a variant (`pretrain.variants`, family tag = its own name)
+    counts as well, one cell per model (`model`: its name, with @version when a name has
+    several). A row finds its pretrain run through its model_version; a bare version number
+    repeats across registered models, so it matches only within its own name (family)."""
     if not (data.has_results and data.has("runs", "params")):
         return []
     keys = "select run_id, run_id as key from bert_runs"
@@ -154,8 +155,8 @@ def _masking_rows(data: Data) -> list[dict[str, Any]]:
             "b.family || '#' || cast(mv.version as varchar)]) from model_versions mv "
             "join bert_runs b on b.run_id = mv.run_id"
         )
-    where = "metric = 'accuracy' and mode <> 'probe' and task <> 'polysemy'"
-    return data.rows(
+    where = "headline and mode <> 'probe' and task <> 'polysemy'"
+    masked = (
         BASE
         + f""",
 bert_runs as (
@@ -168,24 +169,33 @@ masked as (
     join keys k on k.key in (cast(c.model_version as varchar),
                              c.family || '#' || cast(c.model_version as varchar))
     join bert_runs br on br.run_id = k.run_id)
-{cell_stats("masked", ("task", "mode", "b", "model", "mrp"), where)}
-order by task, mode, b, mrp, model"""
+"""
     )
+    cell = ("task", "mode", "b", "model", "mrp")
+    stats = data.rows(
+        masked + cell_stats("masked", cell, where) + " order by task, mode, b, mrp, model"
+    )
+    seeds: dict[tuple, dict[int, float]] = {}
+    for r in data.rows(masked + cell_stats("masked", (*cell, "seed"), where)):
+        seeds.setdefault(tuple(r[c] for c in cell), {})[int(r["seed"])] = float(r["mean"])
+    return [
+        MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r), model=r["model"],
+                    seeds=seeds.get(tuple(r[c] for c in cell), {}))
+        for r in stats
+    ]  # fmt: skip
 
 
 def section_masking(data: Data) -> tuple[Section, list[MaskingCell]]:
     sec = Section("6. Masking ablation (BERT mask_replace_prob)")
-    rows = _masking_rows(data)
-    if len({r["mrp"] for r in rows}) < 2:
+    cells = _masking_cells(data)
+    if len({c.mask_prob for c in cells}) < 2:
         sec.text(
             "Skipped: needs two BERT model versions (or a variant in pretrain.variants) whose "
             f"pretraining differs in {MASK_PARAM}, both with transfer results."
         )
         return sec, []
-    cells = [MaskingCell(r["task"], r["mode"], r["b"], r["mrp"], Stat.of_row(r), r["model"])
-             for r in rows]  # fmt: skip
     sec.table(
-        ["task", "mode", "budget", "model", "mask_replace_prob", "accuracy", "n", "vs baseline"],
+        ["task", "mode", "budget", "model", "mask_replace_prob", "headline", "n", "vs baseline"],
         [[c.task, c.mode, c.budget, c.model, c.mask_prob, c.stat.text(), c.stat.n,
           versus_baseline_text(data.against_baseline(c.task, c.budget, c.stat))]
          for c in cells],

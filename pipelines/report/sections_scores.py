@@ -14,11 +14,12 @@ from matplotlib.figure import Figure
 
 from pipelines.report.document import Plots, Section, slug
 from pipelines.report.findings import Convergence
+from pipelines.report.readings import ConvergenceSummary, summarise_convergence
+from pipelines.report.readings import convergence as read_convergence
 from pipelines.report.scores import (
     BASE,
     Data,
     ScoreKey,
-    Stat,
     budget_order,
     versus_baseline_text,
 )
@@ -126,18 +127,18 @@ def _budget_plot(data: Data, task: str, plots: Plots) -> Path:
                 label="baseline",
             )
         ax.set_xticks(range(len(budgets)), budgets)
-        ax.set_ylim(0, 1)  # accuracy; wide intervals (few seeds) are clipped, the table has them
+        ax.set_ylim(0, 1)  # a rate; wide intervals (few seeds) are clipped, the table has them
         ax.set_title(model)
         ax.set_xlabel("labelled examples")
-        axes[0].set_ylabel("test accuracy")
+        axes[0].set_ylabel(f"test {data.metric(task)}")
         ax.legend(fontsize=7)
     return plots.save(fig, f"budget_{slug(task)}")
 
 
 def _score_row(data: Data, key: ScoreKey, versus: str) -> list[Any]:
-    acc = data.scores[key]
+    head = data.scores[key]
     f1 = data.scores.get(key.but(metric="macro_f1"))
-    return [key.task, key.model, key.mode, key.budget, acc.text(), acc.n,
+    return [key.task, key.model, key.mode, key.budget, head.text(), head.n,
             f1.text() if f1 else "–", versus]  # fmt: skip
 
 
@@ -147,9 +148,10 @@ def section_budget(data: Data, plots: Plots) -> Section:
     if not cells:
         sec.text("Skipped: no test result rows in the catalog.")
         return sec
+    heads = "; ".join(f"{t}: {data.metric(t)}" for t in sorted({k.task for k in cells}))
     sec.text(
-        "Test split at the best dev epoch, the learning rate chosen on dev; mean ±95% CI "
-        "over seeds (n = seeds)."
+        "Test split at the best dev evaluation, the learning rate chosen on dev; each task's "
+        f"headline metric ({heads}), mean ±95% CI over seeds (n = seeds)."
     )
     rows = [
         _score_row(data, k, versus_baseline_text(
@@ -157,9 +159,10 @@ def section_budget(data: Data, plots: Plots) -> Section:
         for k in cells
     ]  # fmt: skip
     rows += [_score_row(data, k, "–") for k in data.baseline_keys()]
-    sec.table(["task", "model", "mode", "budget", "accuracy", "n", "macro-F1", "vs baseline"], rows)
+    headers = ["task", "model", "mode", "budget", "headline", "n", "macro-F1", "vs baseline"]
+    sec.table(headers, rows)
     for task in sorted({k.task for k in cells}):
-        sec.image(_budget_plot(data, task, plots), f"{task}: accuracy vs label budget")
+        sec.image(_budget_plot(data, task, plots), f"{task}: {data.metric(task)} vs label budget")
     return sec
 
 
@@ -171,38 +174,48 @@ curves as (
     select c.run_id, c.task, c.model, c.mode, c.b, c.seed, c.lr, c.epoch,
         coalesce(s.step, c.epoch) as x, c.value
     from chosen c left join steps s using (run_id, epoch)
-    where c.split = 'dev' and c.metric = 'accuracy' and c.layer is null
+    where c.split = 'dev' and c.headline and c.layer is null
       and c.mode in ('finetune', 'scratch') and c.family <> 'baseline')"""
-REACH = """,
-final as (
-    select run_id, task, model, mode, b, seed, lr, arg_max(value, epoch) as final
-    from curves group by all),
-reach as (
-    select f.task, f.model, f.mode, f.b,
-        min(c.x) filter (where c.value >= 0.95 * f.final) as x
-    from final f join curves c using (run_id, task, model, mode, b, seed, lr) group by all)
-select task, model, mode, b, count(*) as n, avg(x) as mean, stddev_samp(x) as sd
-from reach group by all"""
+RUN_CURVES = """
+select task, model, mode, b, seed, run_id, x, value from curves order by all"""
 MEAN_CURVES = """
 select task, model, mode, b, epoch, avg(x) as x, avg(value) as value from curves group by all
 order by task, model, mode, b, epoch"""
 
 
+def _run_curves(data: Data) -> dict[ScoreKey, dict[int, list[tuple[int, float]]]]:
+    """cell -> seed -> its dev curve [(step, headline score)] (one run per seed: the first)."""
+    runs: dict[ScoreKey, dict[int, dict[str, list[tuple[int, float]]]]] = {}
+    for r in data.rows(BASE + CURVES + RUN_CURVES):
+        key = data.key(r["task"], r["model"], r["mode"], r["b"])
+        by_run = runs.setdefault(key, {}).setdefault(int(r["seed"]), {})
+        by_run.setdefault(r["run_id"], []).append((int(r["x"]), float(r["value"])))
+    return {k: {seed: next(iter(by_run.values())) for seed, by_run in seeds.items()}
+            for k, seeds in runs.items()}  # fmt: skip
+
+
 def convergence(data: Data) -> tuple[Convergence, list[dict[str, Any]]]:
-    """Dev accuracy against optimizer steps (epochs when a run logged no `step` rows)."""
+    """Each run's dev curve (headline metric, against optimizer steps; epochs when a run logged
+    no `step` rows) read by `readings.CONVERGENCE_RULE`. A cell is marked when a run's
+    `converged` row says it was still improving (by the reading, for rows without that flag)."""
     if not data.has_results:
-        return Convergence({}, "epochs"), []
+        return Convergence({}, {}, set(), "epochs"), []
     steps = data.rows("select count(*) as n from results where split = 'dev' and metric = 'step'")
+    flagged = data.rows("select count(*) as n from results where metric = 'converged'")
     unit = "steps" if steps[0]["n"] else "epochs"
-    reached = {
-        ScoreKey(r["task"], r["model"], r["mode"], r["b"]): Stat.of_row(r)
-        for r in data.rows(BASE + CURVES + REACH)
-    }
-    return Convergence(reached, unit), data.rows(BASE + CURVES + MEAN_CURVES)
+    per_seed, summary, unconverged = {}, {}, set()
+    for key, curves in _run_curves(data).items():
+        readings = {seed: read_convergence(curve) for seed, curve in curves.items()}
+        per_seed[key] = {seed: float(r.steps_to_gain) for seed, r in readings.items()}
+        summary[key] = summarise_convergence(list(readings.values()))
+        still = key in data.unconverged if flagged[0]["n"] else not summary[key].all_converged
+        if still:
+            unconverged.add(key)
+    return Convergence(per_seed, summary, unconverged, unit), data.rows(BASE + CURVES + MEAN_CURVES)
 
 
 def _convergence_plot(curves: list[dict[str, Any]], task: str, unit: str, plots: Plots,
-                      sec: Section) -> None:  # fmt: skip
+                      sec: Section, metric: str) -> None:  # fmt: skip
     rows = [c for c in curves if c["task"] == task]
     small = min({c["b"] for c in rows}, key=budget_order)
     rows = [c for c in rows if c["b"] == small]
@@ -216,32 +229,42 @@ def _convergence_plot(curves: list[dict[str, Any]], task: str, unit: str, plots:
                 ax.plot([c["x"] for c in pts], [c["value"] for c in pts], marker="o", label=mode)
         ax.set_title(f"{model} ({small} labels)")
         ax.set_xlabel(unit[:-1])
-        axes[0].set_ylabel("dev accuracy")
+        axes[0].set_ylabel(f"dev {metric}")
         ax.legend(fontsize=7)
     sec.image(
         plots.save(fig, f"convergence_{slug(task)}"),
-        f"{task}: dev accuracy per {unit[:-1]} at {small} labels",
+        f"{task}: dev {metric} per {unit[:-1]} at {small} labels",
     )
+
+
+def _steps_text(summary: ConvergenceSummary) -> str:
+    s = summary.steps
+    interval = "" if s.low is None or s.high is None else f" [{s.low:.1f}, {s.high:.1f}]"
+    return f"{s.mean:.1f}{interval}"
 
 
 def section_convergence(data: Data, plots: Plots) -> tuple[Section, Convergence]:
     sec = Section("3. Convergence: pretrained (finetune) vs scratch")
     found, curves = convergence(data)
-    if not found.reached:
+    if not found.summary:
         sec.text("Skipped: no per-epoch dev rows for finetune or scratch.")
         return sec, found
     unit = found.unit
     sec.text(
-        f"Optimizer {unit} until the dev accuracy first reaches 95% of its final value "
-        "(mean over seeds; the rate each mode chose on dev)."
+        f"Optimizer {unit} until a run's dev headline score first reaches 95% of its gain "
+        "(first evaluation to best), mean over seeds with a 95% t interval; the rate each mode "
+        "chose on dev. A cell marked **not converged** has a run still improving at its end: "
+        "its steps are a lower bound."
     )
     sec.table(
-        ["task", "model", "mode", "budget", f"{unit} to 95%", "n"],
+        ["task", "model", "mode", "budget", f"{unit} to 95% of gain [95% CI]", "n",
+         "converged runs", "mark"],
         [
-            [k.task, k.model, k.mode, k.budget, s.text(), s.n]
-            for k, s in sorted(found.reached.items(), key=lambda ks: ks[0].sort_key())
+            [k.task, k.model, k.mode, k.budget, _steps_text(s), s.steps.n,
+             f"{s.n_converged}/{s.steps.n}", "not converged" if k in found.unconverged else ""]
+            for k, s in sorted(found.summary.items(), key=lambda ks: ks[0].sort_key())
         ],
-    )
+    )  # fmt: skip
     for task in sorted({c["task"] for c in curves}):
-        _convergence_plot(curves, task, unit, plots, sec)
+        _convergence_plot(curves, task, unit, plots, sec, data.metric(task))
     return sec, found

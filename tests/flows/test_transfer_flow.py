@@ -90,6 +90,20 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     assert len(protocol) == trained[0]["n"] > 0
     assert all(r["metrics"] == ["converged", "steps"] for r in protocol)
     assert all(10 <= r["steps"] <= 20 and r["converged"] in (0.0, 1.0) for r in protocol)
+    # every row names its task data and flags the task's headline metric (accuracy here);
+    # every trained run has per-item test predictions whose mean correctness is its accuracy
+    flags = sql(
+        "select count(*) filter (where task_fingerprint is null) as unkeyed, "
+        "list(distinct metric) filter (where headline) as heads from results"
+    )
+    assert flags[0]["unkeyed"] == 0 and flags[0]["heads"] == ["accuracy"]
+    scored = sql(
+        "select r.run_id, r.value, avg(p.correct::int) as rate from results r "
+        "join predictions p using (run_id) where r.split = 'test' and r.metric = 'accuracy' "
+        "and r.layer is null group by all"
+    )
+    assert len(scored) == trained[0]["n"]
+    assert all(abs(r["value"] - r["rate"]) < 1e-9 for r in scored)
     probes = sql(
         "select family, count(distinct layer) as layers from results "
         "where mode = 'probe' and metric = 'accuracy' group by 1 order by 1"
@@ -114,9 +128,12 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     linked = [r for r in transfer_runs if r.data.tags.get("family") != "baseline"]
     assert linked and all(r.data.tags["pretrain_run_id"] in pretrain_ids for r in linked)
     # ... and to the MLflow Model it evaluated (the model's page lists the run as an input).
+    # search_runs (MLflow 3.17) leaves model inputs out: read each run whole.
     model_ids = {m["model_id"] for m in results["pretrain"]["families"].values()}
+    client = mlflow.MlflowClient()
     assert all(
-        {i.model_id for i in r.inputs.model_inputs} == {r.data.tags["model_id"]} <= model_ids
+        {i.model_id for i in client.get_run(r.info.run_id).inputs.model_inputs}
+        == {r.data.tags["model_id"]} <= model_ids
         for r in linked
     )
 
@@ -126,12 +143,14 @@ def test_pipeline_ends_with_results_runs_and_a_report(tmp_path: Path) -> None:
     assert list(html.parent.glob("*.png"))
     assert set(report["claims"].values()) <= {
         "supported",
-        "partly supported",
-        "not supported",
+        "contradicted",
+        "mixed",
+        "inconclusive",
         "not measured",
     }
     markdown = html.with_name("report.md").read_text()
     assert "baseline" in markdown.lower()
+    assert "## Protocol" in markdown and "pilot:" in markdown
 
     # Unchanged re-run: the dry run calls every stage cached, and each is skipped as a whole.
     assert all(status.cached for status in plan(spec)), plan(spec)

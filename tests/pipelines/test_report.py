@@ -15,12 +15,15 @@ import pyarrow as pa
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.report.document import NOT_MEASURED, PARTLY, SUPPORTED
+from pipelines.report.document import CONTRADICTED, INCONCLUSIVE, MIXED, NOT_MEASURED, SUPPORTED
+from pipelines.report.readings import CONVERGENCE_RULE
 from pipelines.report.report import ReportResult, build_report
 from pipelines.report.scores import Data, ReportError, open_catalog
+from pipelines.report.stats import RULE, Outcome
+from pipelines.report.verdicts import judge, seeds_cell
 from storage import tracking
 from storage.atomic import write_parquet
-from storage.catalog import RESULT_SCHEMA, refresh
+from storage.catalog import PREDICTION_SCHEMA, RESULT_SCHEMA, refresh
 from storage.layout import Layout
 from storage.tracking import configure, log_metrics_safe, start_stage_run
 from tests.storage.lab_store import make_lab
@@ -161,9 +164,18 @@ def probe_and_polysemy_rows() -> list[tuple]:
     return rows
 
 
-def table(rows: list[tuple]) -> pa.Table:
-    names = RESULT_SCHEMA.names
-    return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in rows], RESULT_SCHEMA)
+ROW = RESULT_SCHEMA.names[:13]  # the columns the tuples above give, in order
+
+
+def table(rows: list[tuple], fingerprint: str = "fp") -> pa.Table:
+    """Rows as the transfer stage writes them: one task fingerprint, accuracy the headline."""
+    found = []
+    for r in rows:
+        row = dict(zip(ROW, r, strict=True))
+        headline = row["metric"] == "accuracy" and row["split"] in ("dev", "test")
+        found.append({**row, "task_fingerprint": f"{fingerprint}-{row['task']}",
+                      "headline": headline, "point": None})  # fmt: skip
+    return pa.Table.from_pylist(found, RESULT_SCHEMA)
 
 
 def write_pretrain_runs(layout: Layout) -> None:
@@ -264,50 +276,69 @@ def test_one_line_per_claim_with_verdict(report: ReportResult) -> None:
     assert len(report.claims) == 9
     md = report.markdown_path.read_text()
     for c in report.claims:
-        assert "\n" not in c.line
+        assert "\n" not in c.line and "\n" not in c.pilot
         assert f"- **{c.verdict}** — {c.line}" in md
+        assert c.verdict in {o.value for o in Outcome} | {NOT_MEASURED}
+
+
+def test_protocol_block_prints_the_rules_verbatim_on_top(report: ReportResult) -> None:
+    md = report.markdown_path.read_text()
+    assert md.index("## Protocol") < md.index("## Claims")
+    assert RULE.strip() in md and CONVERGENCE_RULE.strip() in md
+    assert "How verdicts are reached" in report.html_path.read_text()
 
 
 def test_few_labels_supported_with_numbers(report: ReportResult) -> None:
     c = claim(report, "Pretrained beats scratch")
-    # Every pair but word2vec on WiC (static: 0.51 whatever the mode) is beyond its interval.
-    assert c.verdict == PARTLY
-    assert "partly supported at 50 labels" in c.line
-    assert "word2vec/wic 0.510 vs 0.510, +0.000" in c.line
+    # Every pair but word2vec on WiC (static: 0.51 whatever the mode) is better, paired by
+    # seed (the seeds' noise is shared by both arms, so every paired difference is the same).
+    assert c.verdict == SUPPORTED
+    assert "finetune vs scratch at 50 labels): supported" in c.line
+    assert "word2vec/wic 0.510 vs 0.510, +0.000 [+0.000, +0.000] no detectable difference" in (
+        c.line
+    )
     # finetune 0.70 vs scratch 0.55 at 50 labels; the lr chosen on dev, never the bad one.
-    assert "gpt/polarity 0.700 vs 0.550, +0.150" in c.line
-    assert "at all:" in c.line and "0.800 vs 0.790, +0.010" in c.line
-    assert "below baseline" in c.line  # 0.80 at all labels reads below the 0.85 baseline
+    assert "gpt/polarity 0.700 vs 0.550, +0.150 [+0.150, +0.150] better" in c.line
+    assert "needs 2 seeds" in c.pilot and "this run's seeds can detect it" in c.pilot
 
 
-def test_few_labels_flipped_is_not_supported(tmp_path: Path) -> None:
+def test_few_labels_flipped_is_contradicted(tmp_path: Path) -> None:
     store = make_store(tmp_path / "store", pretrained_wins=False, tasks=("polarity",))
     result = build_report(store.path, tmp_path / "out")
     c = claim(result, "Pretrained beats scratch")
-    assert c.verdict == "not supported"
-    assert "0.700 vs 0.750, -0.050" in c.line
+    assert c.verdict == CONTRADICTED
+    assert "0.700 vs 0.750, -0.050 [-0.050, -0.050] worse" in c.line
 
 
 def test_other_claims_read_the_designed_data(report: ReportResult) -> None:
-    assert claim(report, "Pretrained converges").verdict == SUPPORTED
-    assert "gpt/polarity@50 20.0 vs 40.0 steps" in claim(report, "Pretrained converges").line
-    assert claim(report, "Fine-tuning beats frozen").verdict == PARTLY  # not word2vec/wic
+    conv = claim(report, "Pretrained converges")
+    assert conv.verdict == SUPPORTED  # steps to 95% of the gain: 20 vs 40 on every seed
+    assert "gpt/polarity@50 20.0 vs 40.0, -20.0 [-20.0, -20.0] fewer steps" in conv.line
+    assert claim(report, "Fine-tuning beats frozen").verdict == SUPPORTED  # w2v/wic: no diff
     partial = claim(report, "Loading more pretrained layers")
-    assert partial.verdict == PARTLY and "k=0 0.550, k=1 0.620" in partial.line
+    assert partial.verdict == SUPPORTED and "k=0 0.550, k=1 0.620" in partial.line
     assert "word2vec/wic@all k=0 0.510, k=1 0.510" in partial.line  # flat: not rising
-    lower = claim(report, "Lower layers")
-    assert lower.verdict == SUPPORTED and "bert POS layer 1 vs WiC layer 2" in lower.line
-    w2v = claim(report, "Static word2vec")
-    assert (
-        w2v.verdict == SUPPORTED
-        and "0.510" in w2v.line
-        and "polysemy separation +0.000" in (w2v.line)
-    )
+    assert "word2vec/wic@all k=1 vs k=0 0.510 vs 0.510" in partial.line
+    lower = claim(report, "Lower layers")  # one probe run per layer: no paired test
+    assert lower.verdict == INCONCLUSIVE and "bert POS layer 1 vs WiC layer 2" in lower.line
+    w2v = claim(report, "Static word2vec")  # 0.50/0.51/0.52 vs chance: no detectable difference
+    assert w2v.verdict == INCONCLUSIVE and "polysemy separation +0.000" in w2v.line
+    assert "0.510 vs 0.500" in w2v.line and "no detectable difference" in w2v.line
     mix = claim(report, "Scalar mix")
-    assert mix.verdict == SUPPORTED and "vs layer 1" in mix.line
+    assert mix.verdict == SUPPORTED and "mix vs layer 1" in mix.line
     assert claim(report, "BERT's masking").verdict == NOT_MEASURED
     adapted = claim(report, "Domain adaptation")
     assert adapted.verdict == SUPPORTED and "gpt+adapt/polarity@50 0.750 vs 0.700" in adapted.line
+
+
+def test_cell_table_and_convergence_marks(report: ReportResult) -> None:
+    md = report.markdown_path.read_text()
+    assert "## 9. Paired comparisons behind the claims" in md
+    # claim | cell | seeds | diff | t interval | p (Holm) | verdict | MDE | bootstrap | converged
+    row = ("| Pretrained beats scratch when labels are few | gpt/polarity | 3 | +0.150 | "
+           "[+0.150, +0.150] | 0 | better | 0.000 | n/a | yes |")  # fmt: skip
+    assert row in md
+    assert "steps to 95% of gain [95% CI]" in md
 
 
 def test_sections_show_tables_and_flags(report: ReportResult) -> None:
@@ -333,8 +364,8 @@ def test_masking_ablation_when_two_bert_versions(wins: Store, tmp_path: Path) ->
     refresh(copy, uri)
     result = build_report(copy, tmp_path / "out")
     c = claim(result, "BERT's masking")
-    assert c.verdict == SUPPORTED
-    assert "polarity/finetune@all mask 1: 0.700 vs 0.8: 0.800, -0.100" in c.line
+    assert c.verdict == SUPPORTED  # either direction: 1.0 scores lower than 0.8
+    assert "polarity/finetune@all mask 1 vs 0.8 0.700 vs 0.800, -0.100" in c.line
     md = result.markdown_path.read_text()
     assert "## 6. Masking ablation" in md and "Skipped: needs two BERT" not in md
 
@@ -347,8 +378,8 @@ def test_empty_store_skips_every_section(tmp_path: Path) -> None:
     assert result.pngs == []
     assert all(c.verdict == NOT_MEASURED for c in result.claims)
     md = result.markdown_path.read_text()
-    assert md.count("Skipped:") == 8
-    assert result.html_path.read_text().count("Skipped:") == 8
+    assert md.count("Skipped:") == 9
+    assert result.html_path.read_text().count("Skipped:") == 9
 
 
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:
@@ -410,3 +441,100 @@ def test_partial_k_frozen_runs_are_curves_too(tmp_path: Path) -> None:
     md = result.markdown_path.read_text()
     assert "partial:k:frozen (the k loaded layers frozen, the rest trained):" in md
     assert "| polarity | gpt | all | k=0: 0.550 ±0.025; k=1: 0.600 ±0.025; k=2: 0.650" in md
+
+
+# ------------------------------------------------------------------ paired verdicts (issue 15)
+
+ARM_SEEDS = (0, 1, 2, 3, 4)
+ITEMS = 200
+
+
+def arm_rows(task: str, mode: str, scores: dict[int, float]) -> list[tuple]:
+    """One run per seed of gpt on `task` at 50 labels, its test score set per seed."""
+    rows = []
+    for seed, score in scores.items():
+        rows += [(*r[:11], score if r[9] == "test" and r[10] == "accuracy" else r[11], r[12])
+                 for r in run_rows(task, "gpt", mode, "50", seed, GOOD_LR, 0.6)]  # fmt: skip
+    return rows
+
+
+def arm_predictions(task: str, mode: str, scores: dict[int, float]) -> pa.Table:
+    """Per-item correctness matching each run's accuracy (the first round(score·N) correct)."""
+    rows = [
+        {"run_id": f"{task}-gpt-{mode}-50-{seed}-{GOOD_LR}", "task": task, "family": "gpt",
+         "mode": mode, "budget": "50", "seed": seed, "item": i, "gold": "a",
+         "pred": "a" if i < round(score * ITEMS) else "b", "correct": i < round(score * ITEMS)}
+        for seed, score in scores.items() for i in range(ITEMS)
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows, PREDICTION_SCHEMA)
+
+
+def test_known_difference_is_better_and_none_is_no_detectable_difference(tmp_path: Path) -> None:
+    """Two constructed pairs of arms in one claim: finetune 0.10 above scratch on polarity
+    (seed noise far below it), and level on sst (noise only): the report's cell table says
+    *better* and *no detectable difference*, with the bootstrap beside them."""
+    base = {0: 0.50, 1: 0.62, 2: 0.55, 3: 0.58, 4: 0.53}
+    jitter = {0: 0.01, 1: -0.01, 2: 0.02, 3: -0.02, 4: 0.0}
+    arms = {
+        ("polarity", "scratch"): base,
+        ("polarity", "finetune"): {s: base[s] + 0.10 + jitter[s] for s in ARM_SEEDS},
+        ("sst", "scratch"): base,
+        ("sst", "finetune"): {s: base[s] + jitter[s] for s in ARM_SEEDS},
+    }
+    layout = Layout.at(tmp_path / "store")
+    for (task, mode), scores in arms.items():
+        rows = table(arm_rows(task, mode, scores))
+        write_parquet(layout.results / task / f"{mode}.parquet", rows)
+        write_parquet(layout.prediction(task, mode), arm_predictions(task, mode, scores))
+    refresh(layout.store, layout.default_tracking_uri)
+    result = build_report(layout.store, tmp_path / "out")
+    c = claim(result, "Pretrained beats scratch")
+    assert c.verdict == SUPPORTED
+    md = result.markdown_path.read_text()
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in md.splitlines()
+            if line.startswith("| Pretrained beats scratch")}  # fmt: skip
+    better, level = rows["gpt/polarity"], rows["gpt/sst"]
+    assert better[2:4] == ["5", "+0.100"] and better[6] == "better"
+    assert level[2:4] == ["5", "+0.000"] and level[6] == "no detectable difference"
+    assert float(level[5]) > 0.05 and float(level[7]) > 0  # p (Holm), minimum detectable effect
+    assert better[8].startswith("[+0.0") and level[8] != "n/a"  # bootstrap, not deciding
+    assert "needs" in c.pilot
+
+
+def test_claim_rule_on_constructed_cells() -> None:
+    """supported (all better), inconclusive (all straddling zero), mixed (better and worse)."""
+    base = {0: 0.50, 1: 0.62, 2: 0.55, 3: 0.58, 4: 0.53}
+    jitter = {0: 0.01, 1: -0.01, 2: 0.02, 3: -0.02, 4: 0.0}
+
+    def cell(label: str, shift: float):
+        return seeds_cell(label, {s: base[s] + shift + jitter[s] for s in base}, base)
+
+    assert judge([cell("a", 0.1), cell("b", 0.2)]).outcome == Outcome.SUPPORTED
+    level = judge([cell("a", 0.0), cell("b", 0.001)])
+    assert level.outcome == Outcome.INCONCLUSIVE
+    assert all(c.comparison.low < 0 < c.comparison.high for c in level.cells)
+    assert judge([cell("a", 0.1), cell("b", -0.1)]).outcome == Outcome.MIXED == MIXED
+    assert judge([cell("a", -0.1)]).outcome == Outcome.CONTRADICTED
+    few = judge([seeds_cell("one seed", {0: 0.9}, {0: 0.1})])
+    assert few.outcome == Outcome.INCONCLUSIVE
+    assert few.verdict.cells["one seed"].verdict.value == "no verdict (fewer than 2 seeds)"
+
+
+def test_rows_of_two_task_fingerprints_never_pool(tmp_path: Path) -> None:
+    """The same task name under two task settings: two cells, never one mean over both."""
+    layout = Layout.at(tmp_path / "store")
+    for fingerprint, top in (("aaaa", 0.70), ("bbbb", 0.40)):
+        rows = []
+        for seed in SEEDS:
+            rows += run_rows("polarity", "gpt", "finetune", "all", seed, GOOD_LR, top)
+        write_parquet(layout.results / f"{fingerprint}.parquet", table(rows, fingerprint))
+    refresh(layout.store, layout.default_tracking_uri)
+    with open_catalog(layout.store) as query:
+        data = Data(query)
+        found = {k.task: s for k, s in data.scores.items() if k.metric == "accuracy"}
+    assert sorted(found) == ["polarity [aaaa-pol]", "polarity [bbbb-pol]"]
+    assert found["polarity [aaaa-pol]"].mean == pytest.approx(0.70)
+    assert found["polarity [bbbb-pol]"].mean == pytest.approx(0.40)
+    assert all(s.n == 3 for s in found.values())
+    md = build_report(layout.store, tmp_path / "out").markdown_path.read_text()
+    assert "0.550" not in md

@@ -93,8 +93,10 @@ class Lab:
         scores: list[float],
         metric: str = "accuracy",
         budget: str = "all",
+        headline: bool = True,
     ) -> str:
-        """One transfer run per seed and its result rows (a dev row too, which never counts)."""
+        """One transfer run per seed and its result rows (a dev row too, which never counts);
+        `headline` flags `metric` as the task's headline metric, as the transfer stage does."""
         version = self.versions.get(pretrain_run, "0")
         last = ""
         for seed, score in enumerate(scores):
@@ -119,6 +121,9 @@ class Lab:
                 "lr": 1e-3,
                 "epoch": 1,
                 "layer": None,
+                "task_fingerprint": f"fp-{task}",
+                "headline": headline,
+                "point": None,
             }
             rows = [
                 {**base, "split": "test", "metric": metric, "value": score},

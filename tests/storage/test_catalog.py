@@ -20,7 +20,10 @@ from mlflow import MlflowClient
 from storage import tracking
 from storage.atomic import atomic_dir, write_json, write_manifest, write_parquet
 from storage.catalog import (
+    PREDICTION_SCHEMA,
+    RESULT_SCHEMA,
     CatalogError,
+    StaleResultsError,
     client_metric_points,
     list_relations,
     query,
@@ -109,7 +112,9 @@ def write_outputs(layout: Layout) -> None:
     write_output(layout.tokens("tokB", "encA2"), [sentences(2)], manifest={"corpus_id": "corpA"})
     write_output(layout.tokens("tokW", "encX"), [sentences(9)], complete=False)
 
-    rows = pa.table({"task": ["polarity"] * 2, "metric": ["acc"] * 2, "value": [0.5, 0.7]})
+    rows = pa.Table.from_pylist(
+        [{"task": "polarity", "metric": "acc", "value": v} for v in (0.5, 0.7)], RESULT_SCHEMA
+    )
     write_parquet(layout.results / "polarity" / "run1.parquet", rows)
     write_parquet(layout.results / "polarity" / ".run2.parquet.tmp-abcd", rows)
 
@@ -453,3 +458,34 @@ def test_concurrent_refreshes_leave_one_good_catalog(lab: Lab) -> None:
     assert errors == []
     assert rows(query(lab.store, "select count(*) from corpus", refresh_first=False)) == [(9,)]
     assert not list(lab.store.glob(".catalog.duckdb.tmp-*"))
+
+
+def test_result_file_of_an_older_row_schema_says_to_rerun_transfer(tmp_path: Path) -> None:
+    """Rows without task_fingerprint / headline / point cannot be keyed or read by headline:
+    the refresh refuses them, naming the file and the command that rewrites them."""
+    layout = Layout.at(tmp_path)
+    old = pa.schema([f for f in RESULT_SCHEMA if f.name not in ("task_fingerprint", "headline",
+                                                                "point")])  # fmt: skip
+    stale = layout.results / "polarity" / "old.parquet"
+    write_parquet(stale, pa.Table.from_pylist([{"task": "polarity", "value": 0.5}], old))
+    with pytest.raises(StaleResultsError) as error:
+        refresh(tmp_path, None)
+    message = str(error.value)
+    assert str(stale) in message and "task_fingerprint, headline, point" in message
+    assert "pretrainlab run <spec> --until transfer" in message
+    assert f"Remove {layout.results}" in message
+    stale.unlink()
+    write_parquet(stale, pa.Table.from_pylist([{"task": "polarity", "value": 0.5}], RESULT_SCHEMA))
+    assert refresh(tmp_path, None)["views"] == {"results": 1}
+
+
+def test_predictions_view_reads_the_side_table(tmp_path: Path) -> None:
+    layout = Layout.at(tmp_path)
+    items = [{"run_id": "r1", "task": "pos", "seed": 0, "item": i, "gold": "N", "pred": p,
+              "correct": p == "N"} for i, p in enumerate(["N", "V", "N"])]  # fmt: skip
+    write_parquet(layout.prediction("pos", "key1"), pa.Table.from_pylist(items, PREDICTION_SCHEMA))
+    assert layout.prediction("pos", "key1") == tmp_path.resolve() / "predictions/pos/key1.parquet"
+    assert refresh(tmp_path, None)["views"] == {"predictions": 1}
+    got = query(tmp_path, "select run_id, count(*), sum(correct::int) from predictions group by 1",
+                refresh_first=False)  # fmt: skip
+    assert rows(got) == [("r1", 3, 2)]

@@ -74,7 +74,8 @@ def _rows(run: str, family: str, version: str, mode: str, values: list[float]) -
     rows = [
         {"run_id": run, "task": "polarity", "family": family, "model_version": version,
          "mode": mode, "budget": "all", "seed": seed, "lr": 0.001, "epoch": 1, "split": split,
-         "metric": "accuracy", "value": value, "layer": None}
+         "metric": "accuracy", "value": value, "layer": None, "task_fingerprint": "fp",
+         "headline": True, "point": None}
         for seed, value in enumerate(values) for split in ("dev", "test")
     ]  # fmt: skip
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)

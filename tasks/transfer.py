@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,26 @@ CODE = [
 ROWS_VERSION = 4  # 2: dev rows carry metric "step"; 3: step-based protocol, `epoch` holds the
 # dev evaluation's index, test rows add metrics "steps" and "converged" (1.0 or 0.0);
 # 4: columns task_fingerprint, headline and point, per-item predictions beside each run
-Item = tuple[int, str, str, float, int | None]  # evaluation, split, metric, value, layer
-Point = tuple[str, float | None, int]  # metric, value, step
+
+
+@dataclass(frozen=True)
+class Row:
+    """One result row's own columns (the run's shared ones come from `_base`)."""
+
+    epoch: int  # the dev evaluation's index (0 for runs without a curve)
+    split: str
+    metric: str
+    value: float
+    layer: int | None = None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One MLflow metric point of a run."""
+
+    metric: str
+    value: float | None
+    step: int = 0
 
 
 def grid_key(mode: str) -> str:
@@ -66,11 +85,11 @@ def _base(data: task_data_lib.TaskData, **columns: Any) -> dict[str, Any]:
     return {"task": data.name, "task_fingerprint": data.fingerprint, "point": None, **columns}
 
 
-def _rows(base: dict[str, Any], items: list[Item], headline: str) -> pa.Table:
+def _rows(base: dict[str, Any], items: list[Row], headline: str) -> pa.Table:
     """Result rows; `headline` is the task's headline metric, which each row is flagged by."""
-    names = ("epoch", "split", "metric", "value", "layer")
-    rows = [{**base, **dict(zip(names, item, strict=True)),
-             "headline": item[1] in ("dev", "test") and item[2] == headline} for item in items]
+    rows = [{**base, **asdict(row),
+             "headline": row.split in ("dev", "test") and row.metric == headline}
+            for row in items]
     return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
 
 
@@ -100,7 +119,7 @@ def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict
 
 
 def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[str, str],
-            points: list[Point], base: dict[str, Any], items: list[Item], path: Path,
+            points: list[Point], base: dict[str, Any], items: list[Row], path: Path,
             predictions: transfer_lib.Predictions | None = None) -> dict:
     """One MLflow run (all metrics in one batch) and its result rows, written atomically; the
     run's per-item test predictions first, so a complete result file always has them."""
@@ -108,8 +127,8 @@ def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[
     with tracking.start_stage_run(experiment_name(spec, task_name), run_name,
                                   {"stage": "transfer", "task": task_name, **tags}) as run:
         now = int(time.time() * 1000)
-        metrics = [Metric(name, float(value), now, step) for name, value, step in points
-                   if value is not None and math.isfinite(value)]
+        metrics = [Metric(p.metric, float(p.value), now, p.step) for p in points
+                   if p.value is not None and math.isfinite(p.value)]
         client = MlflowClient()
         client.log_batch(run.info.run_id, metrics=metrics)
         if tags.get("model_id"):  # the MLflow Model this run evaluated (its Models page lists it)
@@ -152,13 +171,14 @@ def _baseline_one(spec: Spec, data: Any, method: str, budget: Any, seed: int) ->
 def _baseline_rows(spec: Spec, data: Any, method: str, budget: Any, seed: int,
                    path: Path) -> dict:
     scores = baselines_lib.baseline(data, task_data_lib.take_budget(data.train, budget, seed))
-    pairs = [(split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
+    items = [Row(0, split, k, v) for split, metrics in scores.items() for k, v in metrics.items()]
+    # Labels of dev/test that train never has: kept, always scored wrong, counted here.
+    items += [Row(0, split, "unseen_labels", float(n)) for split, n in data.unseen_labels.items()]
     base = _base(data, family="baseline", model_version="", mode=method, budget=str(budget),
                  seed=seed, lr=0.0)
     tags = {"family": "baseline", "mode": method, "budget": str(budget), "seed": str(seed)}
     return _record(spec, data, f"baseline-{method}/{data.name}-b{budget}-s{seed}", tags,
-                   [(f"{split}_{k}", v, 0) for split, k, v in pairs], base,
-                   [(0, split, k, v, None) for split, k, v in pairs], path)
+                   [Point(f"{r.split}_{r.metric}", r.value) for r in items], base, items, path)
 
 
 @task(name="baseline", task_run_name="baseline/{data.name}", cache_policy=NO_CACHE)
@@ -220,17 +240,15 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
     mix = list(enumerate(best.mix_weights or []))
     best_step = best.curve[best.best_eval - 1].step
     test = {**best.test, "steps": float(best.steps), "converged": float(best.converged)}
-    points: list[Point] = [(f"dev_{k}", v, p.step) for p in best.curve
-                           for k, v in p.metrics.items()]
-    points += [(f"test_{k}", v, best_step) for k, v in test.items()]
-    points += [(f"mix_weight_{i}", w, 0) for i, w in mix]
-    points += [(f"grid_dev_{headline}_lr_{lr:g}", t.dev.get(headline), 0)
+    points = [Point(f"dev_{k}", v, p.step) for p in best.curve for k, v in p.metrics.items()]
+    points += [Point(f"test_{k}", v, best_step) for k, v in test.items()]
+    points += [Point(f"mix_weight_{i}", w) for i, w in mix]
+    points += [Point(f"grid_dev_{headline}_lr_{lr:g}", t.dev.get(headline))
                for lr, t in trials.items()]
-    items: list[Item] = [(p.index, "dev", k, v, None) for p in best.curve
-                         for k, v in p.metrics.items()]
-    items += [(p.index, "dev", "step", float(p.step), None) for p in best.curve]
-    items += [(best.best_eval, "test", k, v, None) for k, v in test.items()]
-    items += [(best.best_eval, "mix", "weight", w, i) for i, w in mix]
+    items = [Row(p.index, "dev", k, v) for p in best.curve for k, v in p.metrics.items()]
+    items += [Row(p.index, "dev", "step", float(p.step)) for p in best.curve]
+    items += [Row(best.best_eval, "test", k, v) for k, v in test.items()]
+    items += [Row(best.best_eval, "mix", "weight", w, i) for i, w in mix]
     tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
             "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_step": str(best_step),
             "steps": str(best.steps), "converged": str(best.converged),
@@ -261,14 +279,15 @@ def _per_layer(spec: Spec, data: Any, family: str, model: ModelRef, kind: str,
                scores: dict[int, dict[str, float]], result_task: str, lr: float,
                path: Path) -> dict[str, Any]:
     """Record per-layer numbers (probes, polysemy) as one run and layer-indexed rows."""
-    pairs = [(layer, k, v) for layer, metrics in scores.items() for k, v in metrics.items()]
+    items = [Row(0, "test", k, v, layer) for layer, metrics in scores.items()
+             for k, v in metrics.items()]
     base = _base(data, task=result_task, family=family, model_version=model.version, mode=kind,
                  budget="all", seed=0, lr=lr)
     open_tracking(spec)
     return _record(spec, data, f"{kind}-{family}/{data.name}",
                    {"family": family, "mode": kind, **_model_tags(model)},
-                   [(f"test_{k}", v, layer) for layer, k, v in pairs], base,
-                   [(0, "test", k, v, layer) for layer, k, v in pairs], path)
+                   [Point(f"test_{r.metric}", r.value, r.layer or 0) for r in items], base,
+                   items, path)
 
 
 @task(name="probe", task_run_name="probe-{family}/{data.name}", cache_policy=NO_CACHE)

@@ -305,6 +305,20 @@ class Data:
                 found.setdefault(int(r["seed"]), np.asarray(r["correct"], dtype=float))
         return self._items.get((key.task, key.model, key.mode, key.budget))
 
+    def unseen_labels(self) -> dict[str, dict[str, int]]:
+        """{task: {split: count}} of dev/test items whose label train never has (kept, always
+        scored wrong); only tasks that have any."""
+        if not self.has_results:
+            return {}
+        found: dict[str, dict[str, int]] = {}
+        for r in self.rows(
+            "select task, split, max(value) as n from results where metric = 'unseen_labels' "
+            "group by all order by all"
+        ):
+            if r["n"]:
+                found.setdefault(r["task"], {})[r["split"]] = int(r["n"])
+        return found
+
     def cells(self) -> list[ScoreKey]:
         """The headline key of every neural score, sorted for tables."""
         keys = {k for k in self.scores if k.metric == self.metric(k.task) and not k.is_baseline}

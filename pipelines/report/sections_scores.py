@@ -145,6 +145,12 @@ def _score_row(data: Data, key: ScoreKey, versus: str) -> list[Any]:
 def section_budget(data: Data, plots: Plots) -> Section:
     sec = Section("2. Score vs label budget")
     cells = data.cells()
+    for task, splits in data.unseen_labels().items():
+        counts = ", ".join(f"{split} {n}" for split, n in splits.items())
+        sec.text(
+            f"{task}: items whose label never occurs in train ({counts}) are kept and scored "
+            "as errors by every model and baseline."
+        )
     if not cells:
         sec.text("Skipped: no test result rows in the catalog.")
         return sec

@@ -50,7 +50,7 @@ def test_unchanged_stage_is_a_hit_with_its_result(done) -> None:
 def test_changed_spec_upstream_or_task_file_changes_the_key(done, tmp_path: Path) -> None:
     spec, key, *_ = done
     assert stamps.stage_key(spec, "tokenize", "corpus-2") != key
-    assert stamps.stage_key(make_spec(tmp_path, epochs=9), "tokenize", "corpus-1") != key
+    assert stamps.stage_key(make_spec(tmp_path, min_steps=99), "tokenize", "corpus-1") != key
     before = stamps.stage_key(spec, "transfer", "models")
     (tmp_path / "train.csv").write_text("text,label\nfine film,1\nbad film,0\n", encoding="utf-8")
     assert stamps.stage_key(spec, "transfer", "models") != before

@@ -31,7 +31,7 @@ from tasks.tracking import open_tracking
 
 MODEL_SUBDIR = "model"
 PROGRESS_KEYS = ("loss", "valid_loss", "tokens_per_s", "words_per_s", "loss_per_word")
-INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
+INTERRUPTED = ("sigterm", "sigint", "stop_at_step", "stop_after_epoch")
 
 
 class PretrainInterrupted(PretrainlabError, RuntimeError):

@@ -7,6 +7,7 @@ assembles them into one `app` (the console script `pretrainlab = pretrainlab.cli
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +28,7 @@ from pretrainlab.cli.common import (
     store_tracking,
 )
 from pretrainlab.config import PretrainlabError
+from pretrainlab.temporary_api import temporary_api
 
 app = typer.Typer(
     help="pretrainlab: what is pretraining worth, and which kind? Measured on your corpus.",
@@ -76,7 +78,8 @@ def run(
 ) -> None:
     """Run the pipeline on SPEC; every stage reuses its cached output when nothing changed.
 
-    An error you can fix prints its message once; --debug adds the tracebacks.
+    An error you can fix prints its message once; --debug adds the tracebacks. Ctrl-C while a
+    model trains saves a checkpoint first; the same command resumes.
 
     Examples:
 
@@ -101,22 +104,60 @@ def run(
             console.print("every stage is unchanged since its last run (no flow run started)")
             _print_results(unchanged)
             return
-        from flows.pipeline import pipeline, plan, preflight
+        # The Prefect API boots on the other core while the stage code imports (seconds each).
+        with temporary_api(needed=not dry_run) as api:
+            from flows.pipeline import pipeline, plan, preflight
 
-        statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
-        if dry_run:
-            table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
-            for status in statuses:
-                mark = "[green]cached[/]" if status.cached else "[yellow]would run[/]"
-                table.add_row(status.stage, mark, status.output, status.detail)
-            out.print(table)
-            return
-        preflight(spec)  # before Prefect starts: a down MLflow server fails in seconds
-        quiet_expected_errors()
-        results = pipeline(spec, until=stage, preflighted=True)
+            statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
+            if dry_run:
+                _print_plan(spec_path, statuses)
+                return
+            preflight(spec)  # before any flow runs: a down MLflow server fails in seconds
+            quiet_expected_errors()
+            if api is not None:
+                api.publish()
+            results = pipeline(spec, until=stage, preflighted=True)
     except PretrainlabError as error:
+        if _stopped_training(error):  # a checkpoint, not a failure: say how to go on
+            console.print(
+                f"[bold yellow]stopped:[/] {error}\n"
+                f"resume with: {_resume_command(spec_path, until, overrides)}",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
         fail(error)
+    except KeyboardInterrupt:
+        console.print(
+            "[bold red]interrupted[/]; finished stages are kept. Resume with: "
+            f"{_resume_command(spec_path, until, overrides)}",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     _print_results(results)
+
+
+def _print_plan(spec_path: Path, statuses) -> None:
+    table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
+    for status in statuses:
+        mark = "[green]cached[/]" if status.cached else "[yellow]would run[/]"
+        table.add_row(status.stage, mark, status.output, status.detail)
+    out.print(table)
+
+
+def _stopped_training(error: Exception) -> bool:
+    """A training stopped by SIGTERM or Ctrl-C at a checkpoint (tasks.pretrain is loaded
+    whenever a model trained, so this never imports torch just to ask)."""
+    pretrain = sys.modules.get("tasks.pretrain")
+    return pretrain is not None and isinstance(error, pretrain.PretrainInterrupted)
+
+
+def _resume_command(spec_path: Path, until: str, overrides: list[str] | None) -> str:
+    """The command that continues this run: cached stages are skipped, training resumes."""
+    words = ["pretrainlab", "run", str(spec_path)]
+    words += ["--until", until] if until else []
+    for override in overrides or []:
+        words += ["--set", override]
+    return shlex.join(words)
 
 
 def _print_results(results: dict[str, dict]) -> None:

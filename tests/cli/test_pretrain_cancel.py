@@ -99,8 +99,8 @@ def _pretrain_run(store: Path, experiment: str):
 def _rerun_resumes(tmp_path: Path, spec: Path, experiment: str) -> None:
     """The interrupted MLflow run is KILLED with a loss history that stops early; the same
     command finishes it: same run, every step trained exactly once (resumed_from > 0)."""
-    client = MlflowClient()
     cancelled = _pretrain_run(tmp_path / "store", experiment)
+    client = MlflowClient()  # after _pretrain_run: on the store's tracking database
     assert cancelled.info.status == "KILLED"
     stopped_at = max(m.step for m in client.get_metric_history(cancelled.info.run_id, "loss"))
     assert 0 < stopped_at < MAX_STEPS

@@ -9,9 +9,9 @@ call, as a child in the CLI's process group. `pretrainlab run` starts it itself,
   exiting. Here the server runs in a session of its own, so only the CLI hears the Ctrl-C; the
   CLI stops the server at exit, and on Linux the server also gets SIGTERM when the CLI dies any
   other way (parent-death signal), so no server outlives its run.
-- Start-up time. `spawn` starts the server as soon as the run knows it needs Prefect, so it
-  boots on the second core while the CLI imports the stage code; and the CLI never imports
-  `prefect.server` (~3 s of CPU) just to launch a subprocess.
+- Start-up time. The server boots in ~5 s of CPU. Spawned first thing, before the CLI even
+  imports Prefect, it boots on the second core while the CLI imports the stage code and checks
+  the caches; and the CLI never imports `prefect.server` (~3 s of CPU) to launch a subprocess.
 
 The URL is published to Prefect's settings (`publish`) only once the server answers, after the
 CLI's pre-flight: a check such as "a Dask cluster elsewhere needs a real server" still sees no
@@ -25,6 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
@@ -95,19 +96,19 @@ class TemporaryApi:
         return api
 
     def _launch(self) -> None:
-        import prefect
-        from prefect.settings import get_current_settings
-
+        """Start uvicorn without importing Prefect here; it reads the same environment, profile
+        and PREFECT_HOME as this process would."""
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.origin is not None, "prefect is not installed"
         self.port = _free_port()
         env = {
             **os.environ,
-            **get_current_settings().to_environment_variables(exclude_unset=True),
             "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1",
             "PREFECT__SERVER_FINAL": "1",
         }
         command = [
-            sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parents[1]),
+            sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parents[1]),
             "--factory", "prefect.server.api.server:create_app", "--host", HOST,
             "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip
@@ -212,12 +213,18 @@ def _drain_prefect() -> None:
 @contextlib.contextmanager
 def temporary_api(needed: bool = True) -> Iterator[TemporaryApi | None]:
     """A started TemporaryApi for the block (call `publish` before the first flow), stopped at
-    its end; None when not `needed` or when the settings already name a Prefect API."""
-    if not needed or configured_api_url():
+    its end; None when not `needed` or when the settings already name a Prefect API. Spawned
+    before Prefect is imported: a URL set in a Prefect profile (rare; `make up` exports
+    $PREFECT_API_URL) is found only afterwards, and that server is stopped unused."""
+    if not needed or os.environ.get("PREFECT_API_URL"):
         yield None
         return
     api = TemporaryApi.spawn()
     try:
-        yield api
+        if configured_api_url():
+            api.stop()
+            yield None
+        else:
+            yield api
     finally:
         api.stop()

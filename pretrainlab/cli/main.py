@@ -27,8 +27,8 @@ from pretrainlab.cli.common import (
     render,
     store_tracking,
 )
-from pretrainlab.config import PretrainlabError
-from pretrainlab.temporary_api import temporary_api
+from pretrainlab.config import PretrainlabError, Spec
+from pretrainlab.temporary_api import TemporaryApi, temporary_api
 
 app = typer.Typer(
     help="pretrainlab: what is pretraining worth, and which kind? Measured on your corpus.",
@@ -89,34 +89,14 @@ def run(
 
       pretrainlab run my.yaml --set corpus.valid_fraction=0.1
     """
-    from tasks.ingest import plan_corpus_plain
-    from tasks.stamps import STAGES, up_to_date
-
     _debug(debug)
     spec = load(spec_path, overrides)
-    stage = until or STAGES[-1]
-    if stage not in STAGES:
-        fail(PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}"))
+    results = None
     try:
-        stages = STAGES[: STAGES.index(stage) + 1]
-        unchanged = None if dry_run else up_to_date(spec, stages, plan_corpus_plain(spec).corpus_id)
-        if unchanged is not None:  # nothing to do: answer without starting Prefect
-            console.print("every stage is unchanged since its last run (no flow run started)")
-            _print_results(unchanged)
-            return
-        # The Prefect API boots on the other core while the stage code imports (seconds each).
+        # Started first, the Prefect API boots on the other core while this process imports the
+        # stage code and checks the caches (seconds each); an unchanged run stops it unused.
         with temporary_api(needed=not dry_run) as api:
-            from flows.pipeline import pipeline, plan, preflight
-
-            statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
-            if dry_run:
-                _print_plan(spec_path, statuses)
-                return
-            preflight(spec)  # before any flow runs: a down MLflow server fails in seconds
-            quiet_expected_errors()
-            if api is not None:
-                api.publish()
-            results = pipeline(spec, until=stage, preflighted=True)
+            results = _run_stages(spec, spec_path, until, dry_run, api)
     except PretrainlabError as error:
         if _stopped_training(error):  # a checkpoint, not a failure: say how to go on
             console.print(
@@ -133,7 +113,40 @@ def run(
             highlight=False,
         )
         raise typer.Exit(130) from None
-    _print_results(results)
+    if results is not None:
+        _print_results(results)
+
+
+def _run_stages(
+    spec: Spec, spec_path: Path, until: str, dry_run: bool, api: TemporaryApi | None
+) -> dict[str, dict] | None:
+    """The results of every stage up to `until`, cached or run; None after a dry run's table."""
+    from tasks.ingest import plan_corpus_plain
+    from tasks.stamps import STAGES, up_to_date
+
+    stage = until or STAGES[-1]
+    if stage not in STAGES:
+        raise PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    stages = STAGES[: STAGES.index(stage) + 1]
+    unchanged = None if dry_run else up_to_date(spec, stages, plan_corpus_plain(spec).corpus_id)
+    if unchanged is not None:  # nothing to do: no flow run
+        console.print("every stage is unchanged since its last run (no flow run started)")
+        return unchanged
+    from flows.pipeline import pipeline, plan, preflight
+    from tasks.tracking import open_tracking
+
+    statuses = plan(spec, stage)  # pre-flight: bad sources fail here, before any work
+    if dry_run:
+        _print_plan(spec_path, statuses)
+        return None
+    preflight(spec)  # before any flow runs: a down MLflow server fails in seconds
+    quiet_expected_errors()
+    if api is not None:
+        # What the first stage's MLflow record does (its imports; on a first run the database),
+        # done while the API finishes booting on the other core.
+        open_tracking(spec)
+        api.publish()
+    return pipeline(spec, until=stage, preflighted=True)
 
 
 def _print_plan(spec_path: Path, statuses) -> None:

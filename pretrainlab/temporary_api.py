@@ -33,13 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-from pretrainlab.services import HOST, ServiceError
+from pretrainlab.services import HOST, ServiceError, http_ok
 
 PORT_IN_USE_EXIT = 3  # uvicorn's exit status when it cannot bind its port
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
@@ -59,7 +57,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _own_session(parent: int):
+def _own_session(parent: int) -> Callable[[], None]:
     """preexec_fn: a session of its own (no terminal signals), and SIGTERM when `parent` dies."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
@@ -121,13 +119,6 @@ class TemporaryApi:
             preexec_fn=_own_session(os.getpid()),
         )
 
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
     def _output(self) -> str:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-3000:]
@@ -148,7 +139,7 @@ class TemporaryApi:
                     f"{self._output()}\nStart a Prefect server (`make up`) and export "
                     "PREFECT_API_URL to use it instead"
                 )
-            if self._healthy():
+            if http_ok(f"{self.url}/health"):
                 return
             time.sleep(0.1)
         self.stop()

@@ -42,6 +42,12 @@ from pretrainlab.services import HOST, ServiceError, http_ok
 PORT_IN_USE_EXIT = 3  # uvicorn's exit status when it cannot bind its port
 STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 PR_SET_PDEATHSIG = 1
+# uvicorn's own command line (`python -c SERVE <uvicorn args>`), with no cyclic collection while
+# Prefect's server code loads: ~0.8 s of a ~5 s boot, for objects that live as long as it.
+SERVE = (
+    "import gc; gc.disable(); import prefect.server.api.server; gc.enable(); gc.freeze(); "
+    "from uvicorn.main import main; main()"
+)
 
 
 def configured_api_url() -> str | None:
@@ -106,7 +112,7 @@ class TemporaryApi:
             "PREFECT__SERVER_FINAL": "1",
         }
         command = [
-            sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parents[1]),
+            sys.executable, "-c", SERVE, "--app-dir", str(Path(spec.origin).parents[1]),
             "--factory", "prefect.server.api.server:create_app", "--host", HOST,
             "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip

@@ -52,6 +52,7 @@ BENCHES = (
         ("--preset", "tiny", "--rounds", "1"),
     ),
     Bench("re-run", "benchmarks.rerun", ("--runs", "2"), ("--runs", "2")),
+    Bench("start-up", "benchmarks.startup", ("--runs", "3"), ("--runs", "1")),
     Bench(
         "scaling",
         "benchmarks.scaling",

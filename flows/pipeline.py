@@ -1,4 +1,8 @@
-"""The end-to-end pipeline: a readable list of stage subflows, stopping at `until`."""
+"""The end-to-end pipeline: a readable list of stage subflows, stopping at `until`.
+
+The pretrain, transfer and report flows are imported where they run: they bring torch,
+transformers and gensim (~10 s of imports), which a run that stops before them never needs.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from flows.ingest import ingest
-from flows.pretrain import pretrain
-from flows.report import report
 from flows.tokenization import tokenization
-from flows.transfer import transfer
 from pretrainlab.config import TOKENIZER_OF_FAMILY, Spec
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
@@ -22,7 +23,6 @@ from tasks import stamps
 from tasks.ingest import plan_corpus_plain
 from tasks.launch import check_launch
 from tasks.preflight import InputCheck, needs_tasks, require_inputs
-from tasks.pretrain import model_dir, model_spec
 from tasks.runners import check_compute
 from tasks.tokenization import encoding_id, plan_tokenizer, tokenizer_names
 
@@ -63,6 +63,8 @@ def _pretrain_status(spec: Spec, name: str, family: str, corpus_id: str) -> Stag
     tokenizer_id, shards = _shards(spec, TOKENIZER_OF_FAMILY[family], corpus_id)
     if shards is None or not is_complete(shards):
         return StageStatus(f"pretrain/{name}", "models/<trained>", False, "after tokenize")
+    from tasks.pretrain import model_dir, model_spec  # torch: only when a plan reaches pretraining
+
     out = model_dir(model_spec(spec, name), family, tokenizer_id, str(shards), name)
     manifest = read_manifest(out)
     if manifest is not None:
@@ -157,6 +159,10 @@ def pipeline(spec: Spec, until: Stage = STAGES[-1], preflighted: bool = False) -
                                  lambda: tokenization(spec, corpus_id))
     if until == "tokenize":
         return results
+    from flows.pretrain import pretrain
+    from flows.report import report
+    from flows.transfer import transfer
+
     tokens = results["tokenize"]["families"]
     results["pretrain"] = _stage(spec, "pretrain", corpus_id, results,
                                  lambda: pretrain(spec, corpus_id, tokens))

@@ -194,7 +194,8 @@ def port_in_use(port: int, host: str = HOST) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def _http_ok(url: str, timeout: float = 2) -> bool:
+def http_ok(url: str, timeout: float = 2) -> bool:
+    """True when GET `url` answers 200 within `timeout` (a health check)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
@@ -262,7 +263,7 @@ def _wait_healthy(name: str, settings: Settings, pid: int, timeout: float) -> No
 def _ready_check(name: str, settings: Settings) -> Callable[[], bool]:
     url = _health_url(name, settings)
     if url is not None:
-        return lambda: _http_ok(url)
+        return lambda: http_ok(url)
     return lambda: bool(online_workers(settings))
 
 
@@ -442,7 +443,7 @@ def status(settings: Settings) -> list[ServiceState]:
             detail = pool_state(settings)
         else:
             health = _health_url(name, settings)
-            healthy = health is not None and _http_ok(health)
+            healthy = health is not None and http_ok(health)
             port = _service_port(name, settings)
             detail = ""
             if not running and port is not None and port_in_use(port):

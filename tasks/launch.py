@@ -7,6 +7,9 @@ trains with the shared loop (DDP); only rank 0 logs metrics to that MLflow run, 
 checkpoints (into the shared work directory) and saves the model. Back in the task, the model is
 logged and registered exactly as after an in-process run. word2vec is gensim, not torch: it
 always trains in-process.
+
+torch, mlflow and the training code are imported where they are used: `check_launch` runs in
+every run's pre-flight, which must not pay for them when nothing trains under torchrun.
 """
 
 from __future__ import annotations
@@ -21,16 +24,13 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mlflow
-import torch
-import torch.distributed as dist
-
-import pipelines.training.pretraining as pretraining
 from pretrainlab.config import TORCH_FAMILIES, LaunchSpec, PretrainlabError, Spec, spec_from_dict
-from storage import tracking
 from storage.atomic import write_json
+
+if TYPE_CHECKING:
+    from pipelines.training.pretraining import PretrainJob
 
 JOB_FILE = "launch.json"
 SUMMARY_FILE = "launch-summary.json"
@@ -49,6 +49,8 @@ def uses_torchrun(spec: Spec, family: str) -> bool:
 def backend(launch: LaunchSpec) -> str:
     if launch.backend != "auto":
         return launch.backend
+    import torch
+
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
@@ -60,6 +62,8 @@ def check_launch(spec: Spec) -> None:
         return
     chosen = backend(launch)
     if chosen == "nccl":
+        import torch
+
         gpus = torch.cuda.device_count()
         if gpus < launch.nproc_per_node:
             raise LaunchError(
@@ -108,7 +112,7 @@ def _forward_sigterm(process: subprocess.Popen) -> Any:
 
 
 def run_torchrun(
-    spec: Spec, job: pretraining.PretrainJob, run_id: str, tracking_uri: str
+    spec: Spec, job: PretrainJob, run_id: str, tracking_uri: str
 ) -> dict[str, Any]:
     """Train `job` on every rank under torchrun; return rank 0's summary (as in-process)."""
     launch = spec.pretrain.launch
@@ -167,6 +171,9 @@ def run_torchrun(
 
 def _join_group(chosen: str) -> tuple[int, int]:
     """Join the group torchrun describes; under nccl (or gloo on GPUs) one device per rank."""
+    import torch
+    import torch.distributed as dist
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
         torch.cuda.set_device(local_rank)
@@ -176,6 +183,10 @@ def _join_group(chosen: str) -> tuple[int, int]:
 
 def _rank0_logger(job: dict[str, Any], planned: int):
     """Metrics straight into the task's MLflow run (never reopened here); a line to stdout."""
+    import mlflow
+
+    from storage import tracking
+
     mlflow.set_tracking_uri(job["tracking_uri"])
 
     def log(metrics: dict[str, float], step: int) -> None:
@@ -189,6 +200,10 @@ def _rank0_logger(job: dict[str, Any], planned: int):
 
 def main(job_file: str) -> None:
     """One rank: train with the shared loop; rank 0 logs, checkpoints and saves the model."""
+    import torch.distributed as dist
+
+    import pipelines.training.pretraining as pretraining
+
     job = json.loads(Path(job_file).read_text())
     spec = spec_from_dict(job["spec"], job_file)
     rank, world = _join_group(job["backend"])

@@ -25,7 +25,7 @@ from storage.registry import ModelRef
 from tasks import mlflow_model
 from tasks.tracking import open_tracking
 
-INTERRUPTED = ("sigterm", "stop_at_step", "stop_after_epoch")
+INTERRUPTED = ("sigterm", "sigint", "stop_at_step", "stop_after_epoch")
 Train = Callable[[str, Path, Path], dict[str, Any]]  # (run id, work dir, weights dir) -> summary
 
 

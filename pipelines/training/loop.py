@@ -4,8 +4,8 @@ A family plugs in through an `Objective`: it makes batches as a pure function of
 (seed, step, micro, rank) and computes the loss. The loop owns everything else: AdamW, the
 warmup + cosine schedule (`lr_at`), gradient clipping and accumulation, device and bf16
 autocast, optional `torch.compile`, metrics every `log_every` steps, a valid pass every
-`eval_every` steps, atomic checkpoints (every `checkpoint_every` steps and on SIGTERM) and
-exact resume, budgets in tokens or minutes, and DDP when torch.distributed is initialised.
+`eval_every` steps, atomic checkpoints (every `checkpoint_every` steps, on SIGTERM and Ctrl-C)
+and exact resume, budgets in tokens or minutes, and DDP when torch.distributed is initialised.
 
 Why resume is exact and cheap: batches are a function of the step (no data position to
 replay) and dropout is reseeded from (seed, step, rank) at every step, so a resumed run draws
@@ -20,7 +20,6 @@ import contextlib
 import math
 import os
 import pickle
-import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data.batches import Batch
+from pipelines.training.stop_signals import StopSignals
 from pretrainlab.config import LoopSpec, PretrainlabError
 from storage.atomic import atomic_path
 
@@ -83,7 +83,7 @@ class TrainResult:
     flops: float  # estimated training FLOPs = flops_per_token * tokens_seen
     best_valid_loss: float | None
     last_valid_loss: float | None
-    stopped_reason: str  # max_steps | budget_tokens | budget_minutes | sigterm | stop_at_step
+    stopped_reason: str  # max_steps|budget_tokens|budget_minutes|sigterm|sigint|stop_at_step
     resumed_from: int  # step of the checkpoint this call started from (0 = fresh)
 
 
@@ -227,26 +227,6 @@ class _State:
     best_valid_loss: float | None = None
     last_valid_loss: float | None = None
     saved_step: int | None = None  # step of the last checkpoint written (the last good one)
-
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks after each step (main thread only)."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _SigtermFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: no handler, no flag
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -399,7 +379,7 @@ def train(
 
     window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
     t_last = time.perf_counter()
-    with _SigtermFlag() as sigterm:
+    with StopSignals() as stop_signal:
         while True:
             step = state.step + 1
             t0 = time.perf_counter()
@@ -411,7 +391,7 @@ def train(
                 raise _oom_error(loop, error) from None
             now = time.perf_counter()
             compute_s, wall_s, t_last = now - t0, now - t_last, now
-            stop = sigterm.raised or (stop_at_step is not None and step >= stop_at_step)
+            stop = bool(stop_signal.raised) or (stop_at_step is not None and step >= stop_at_step)
             if distributed:  # one small all-reduce keeps every rank's decisions identical
                 shared = torch.tensor(
                     [loss, step_tokens, float(stop), compute_s, wall_s], dtype=torch.float64
@@ -452,7 +432,7 @@ def train(
 
             if stop:
                 checkpoint()
-                return result("sigterm" if sigterm.raised else "stop_at_step")
+                return result(stop_signal.raised or "stop_at_step")
             reason = budget_reason()
             if rank == 0 and (step % loop.eval_every == 0 or reason is not None):
                 log(evaluate(), step)

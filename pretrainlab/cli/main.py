@@ -6,8 +6,13 @@ assembles them into one `app` (the console script `pretrainlab = pretrainlab.cli
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import gc
 import os
+import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +31,8 @@ from pretrainlab.cli.common import (
     render,
     store_tracking,
 )
-from pretrainlab.config import PretrainlabError
+from pretrainlab.config import PretrainlabError, Spec
+from pretrainlab.temporary_api import TemporaryApi, temporary_api
 
 app = typer.Typer(
     help="pretrainlab: what is pretraining worth, and which kind? Measured on your corpus.",
@@ -76,7 +82,8 @@ def run(
 ) -> None:
     """Run the pipeline on SPEC; every stage reuses its cached output when nothing changed.
 
-    An error you can fix prints its message once; --debug adds the tracebacks.
+    An error you can fix prints its message once; --debug adds the tracebacks. Ctrl-C while a
+    model trains saves a checkpoint first; the same command resumes.
 
     Examples:
 
@@ -86,41 +93,110 @@ def run(
 
       pretrainlab run my.yaml --set corpus.valid_fraction=0.1
     """
-    from tasks.preflight import needs_tasks, require_inputs
-    from tasks.stamps import STAGES, up_to_date
-
     _debug(debug)
+    # At exit, skip the collector's last pass over the ~1M objects Prefect, MLflow and pandas
+    # leave (~1 s): they die with the process. Cycles are not finalized: every file and
+    # connection the pipeline writes to is closed by its own `with` before this.
+    atexit.register(gc.freeze)
     spec = load(spec_path, overrides)
+    results = None
+    try:
+        # Started first, the Prefect API boots on the other core while this process imports the
+        # stage code and checks the caches (seconds each); an unchanged run stops it unused.
+        with temporary_api(needed=not dry_run) as api:
+            results = _run_stages(spec, spec_path, until, dry_run, api)
+    except PretrainlabError as error:
+        if _stopped_training(error):  # a checkpoint, not a failure: say how to go on
+            console.print(
+                f"[bold yellow]stopped:[/] {error}\n"
+                f"resume with: {_resume_command(spec_path, until, overrides)}",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
+        fail(error)
+    except KeyboardInterrupt:
+        console.print(
+            "[bold red]interrupted[/]; finished stages are kept. Resume with: "
+            f"{_resume_command(spec_path, until, overrides)}",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    if results is not None:
+        _print_results(results)
+
+
+def _run_stages(
+    spec: Spec, spec_path: Path, until: str, dry_run: bool, api: TemporaryApi | None
+) -> dict[str, dict] | None:
+    """The results of every stage up to `until`, cached or run; None after a dry run's table."""
+    with _loading():
+        from tasks.ingest import plan_corpus_plain
+        from tasks.preflight import needs_tasks, require_inputs
+        from tasks.stamps import STAGES, up_to_date
+
     stage = until or STAGES[-1]
     if stage not in STAGES:
-        fail(PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}"))
-    try:
-        # every source and task file first: a broken one fails in seconds, before any work
-        require_inputs(spec, str(spec_path), tasks=needs_tasks(stage))
-        from tasks.ingest import plan_corpus_plain  # after: it imports Prefect and MLflow (s)
-
-        stages = STAGES[: STAGES.index(stage) + 1]
-        unchanged = None if dry_run else up_to_date(spec, stages, plan_corpus_plain(spec).corpus_id)
-        if unchanged is not None:  # nothing to do: answer without starting Prefect
-            console.print("every stage is unchanged since its last run (no flow run started)")
-            _print_results(unchanged)
-            return
+        raise PretrainlabError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    # every source and task file first: a broken one fails in seconds, before any work
+    require_inputs(spec, str(spec_path), tasks=needs_tasks(stage))
+    stages = STAGES[: STAGES.index(stage) + 1]
+    unchanged = None if dry_run else up_to_date(spec, stages, plan_corpus_plain(spec).corpus_id)
+    if unchanged is not None:  # nothing to do: no flow run
+        console.print("every stage is unchanged since its last run (no flow run started)")
+        return unchanged
+    with _loading():
         from flows.pipeline import check_services, pipeline, plan
+        from tasks.tracking import open_tracking
 
-        statuses = plan(spec, stage)
-        if dry_run:
-            table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
-            for status in statuses:
-                mark = "[green]cached[/]" if status.cached else "[yellow]would run[/]"
-                table.add_row(status.stage, mark, status.output, status.detail)
-            out.print(table)
-            return
-        check_services(spec)  # before Prefect starts: a down MLflow server fails in seconds
-        quiet_expected_errors()
-        results = pipeline(spec, until=stage, preflighted=True)
-    except PretrainlabError as error:
-        fail(error)
-    _print_results(results)
+    statuses = plan(spec, stage)
+    if dry_run:
+        _print_plan(spec_path, statuses)
+        return None
+    check_services(spec)  # before any flow runs: a down MLflow server fails in seconds
+    quiet_expected_errors()
+    if api is not None:
+        # What the first stage's MLflow record does (its imports; on a first run the database),
+        # done while the API finishes booting on the other core.
+        with _loading():
+            open_tracking(spec)
+        api.publish()
+    return pipeline(spec, until=stage, preflighted=True)
+
+
+@contextlib.contextmanager
+def _loading() -> Iterator[None]:
+    """Imports create ~1M objects that live as long as the process: no cyclic collection while
+    they load (~1 s of CPU on a start-up of ~5 s), and none over them afterwards (`freeze`)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.freeze()
+
+
+def _print_plan(spec_path: Path, statuses) -> None:
+    table = Table("stage", "status", "output", "detail", title=f"dry run: {spec_path}")
+    for status in statuses:
+        mark = "[green]cached[/]" if status.cached else "[yellow]would run[/]"
+        table.add_row(status.stage, mark, status.output, status.detail)
+    out.print(table)
+
+
+def _stopped_training(error: Exception) -> bool:
+    """A training stopped by SIGTERM or Ctrl-C at a checkpoint (tasks.models is loaded
+    whenever a model trained, so this never imports torch just to ask)."""
+    models = sys.modules.get("tasks.models")
+    return models is not None and isinstance(error, models.PretrainInterrupted)
+
+
+def _resume_command(spec_path: Path, until: str, overrides: list[str] | None) -> str:
+    """The command that continues this run: cached stages are skipped, training resumes."""
+    words = ["pretrainlab", "run", str(spec_path)]
+    words += ["--until", until] if until else []
+    for override in overrides or []:
+        words += ["--set", override]
+    return shlex.join(words)
 
 
 def _print_results(results: dict[str, dict]) -> None:

@@ -144,14 +144,6 @@ class StaleResultsError(PretrainlabError, RuntimeError):
     """A result file written before the current row schema: transfer must be re-run."""
 
 
-def _visible_parquet(root: Path) -> list[Path]:
-    """Every Parquet file under `root`, minus atomic-write temporaries (hidden names)."""
-    found = root.rglob("*.parquet") if root.is_dir() else []
-    return sorted(
-        f for f in found if not any(p.startswith(".") for p in f.relative_to(root).parts)
-    )
-
-
 def check_result_schema(path: Path, layout: Layout) -> None:
     """Refuse a result file that lacks columns of `RESULT_SCHEMA` (written by an older lab):
     its rows cannot be keyed on the task fingerprint nor read by the headline flag."""
@@ -172,14 +164,14 @@ def result_views(layout: Layout) -> list[View]:
     """Result rows: every visible Parquet file under results/ (written atomically, so whole),
     and the per-item predictions beside them."""
     views = []
-    files = _visible_parquet(layout.results)
+    files = layout.result_files()
     for path in files:
         check_result_schema(path, layout)
     if files:
         views.append(
             View("results", f"select * exclude (_file) from {_read_parquet(files)}", len(files))
         )
-    predictions = _visible_parquet(layout.predictions)
+    predictions = Layout.visible_parquet(layout.predictions)
     if predictions:
         sql = f"select * exclude (_file) from {_read_parquet(predictions)}"
         views.append(View("predictions", sql, len(predictions)))

@@ -299,16 +299,10 @@ def read_references(tracking_uri: str | None, layout: Layout, cutoff: float) -> 
     )
 
 
-def _result_files(layout: Layout) -> list[Path]:
-    root = layout.results
-    found = root.rglob("*.parquet") if root.is_dir() else []
-    return sorted(f for f in found if not any(p.startswith(".") for p in f.relative_to(root).parts))
-
-
 def _result_links(layout: Layout) -> list[tuple[str, str, str, str]]:
     """(run_id, family, model_version, task) of every result file's rows."""
     links = set()
-    for path in _result_files(layout):
+    for path in layout.result_files():
         table = pq.read_table(path, columns=["run_id", "family", "model_version", "task"])
         links |= set(zip(*(table[c].to_pylist() for c in table.column_names), strict=True))
     return sorted(links, key=str)

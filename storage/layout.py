@@ -59,6 +59,19 @@ class Layout:
     def results(self) -> Path:
         return self.store / "results"
 
+    def result_files(self) -> list[Path]:
+        """Every complete result file (rows of one run): what the catalog, the report and the
+        stage stamps read."""
+        return self.visible_parquet(self.results)
+
+    @staticmethod
+    def visible_parquet(root: Path) -> list[Path]:
+        """Every Parquet file under `root`, minus atomic-write temporaries (hidden names)."""
+        found = root.rglob("*.parquet") if root.is_dir() else []
+        return sorted(
+            f for f in found if not any(p.startswith(".") for p in f.relative_to(root).parts)
+        )
+
     def report(self, experiment: str) -> Path:
         return self.store / "reports" / experiment
 

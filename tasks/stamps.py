@@ -37,7 +37,7 @@ def identity(result: Any) -> Any:
 
 def result_files(spec: Spec) -> list[str]:
     """Every transfer result file in the store: what the catalog and the report read."""
-    return sorted(str(p) for p in Layout.at(spec.store).results.glob("*/*.parquet"))
+    return [str(p) for p in Layout.at(spec.store).result_files()]
 
 
 def stage_outputs(spec: Spec, stage: str, result: dict[str, Any]) -> list[str]:

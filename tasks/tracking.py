@@ -149,7 +149,7 @@ HEADLINE_METRICS = ("accuracy", "span_f1")
 def transfer_scores(spec: Spec, run_ids: Iterable[str]) -> list[dict[str, Any]]:
     """Mean test headline score per task x model x mode x budget over the result rows of these
     transfer runs (one flow's, cached or new), by the score definition the report also uses."""
-    files = sorted(Layout.at(spec.store).results.glob("*/*.parquet"))
+    files = Layout.at(spec.store).result_files()
     wanted = pa.table({"run_id": sorted(set(run_ids))}, schema=pa.schema([("run_id", pa.string())]))
     if not files or wanted.num_rows == 0:
         return []

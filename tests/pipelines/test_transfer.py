@@ -382,14 +382,14 @@ def test_frozen_leaves_the_encoder_bit_identical_and_learns_the_mix(
     monkeypatch: pytest.MonkeyPatch, models: dict[str, Path], tasks: dict[str, TaskData]
 ) -> None:
     encoders = []
-    real = transfer.load_encoder
+    real = features.load_encoder  # frozen features load the encoder (pipelines/transfer/features)
 
     def keep(*args, **kwargs):  # the real loader; remembers the encoder it returns
         loaded = real(*args, **kwargs)
         encoders.append(loaded[0])
         return loaded
 
-    monkeypatch.setattr(transfer, "load_encoder", keep)
+    monkeypatch.setattr(features, "load_encoder", keep)
     files = {p: p.read_bytes() for p in models["elmo"].rglob("*") if p.is_file()}
     task = tasks["tag"]
     result = run_transfer("elmo", models["elmo"], task, task.train, config("frozen", lr=5e-2))

@@ -437,7 +437,8 @@ def _inside(store: Path, path: Path) -> bool:
     except ValueError:
         return False
     top = relative.parts[0] if relative.parts else ""
-    return top in (*AREAS, "results", "predictions") or (len(relative.parts) == 1 and _TEMP.match(top) is not None)
+    kept_areas = (*AREAS, "results", "predictions")
+    return top in kept_areas or (len(relative.parts) == 1 and _TEMP.match(top) is not None)
 
 
 def _delete(path: Path) -> None:

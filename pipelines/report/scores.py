@@ -275,6 +275,21 @@ class Data:
             for r in found
         }
 
+    def rates_per_mode(self) -> dict[str, set[int]]:
+        """{mode kind (scratch, frozen, finetune, partial): the sizes of the learning-rate grids
+        its runs searched on dev}, one size per (task, model, mode, budget, seed)."""
+        if not self.has_results:
+            return {}
+        rows = self.rows(
+            BASE + "select split_part(mode, ':', 1) as kind, count(distinct lr) as rates "
+            f"from res where split = 'dev' and lr is not null and {SCORED} "
+            "group by task, model, mode, b, seed"
+        )
+        found: dict[str, set[int]] = {}
+        for r in rows:
+            found.setdefault(r["kind"], set()).add(int(r["rates"]))
+        return found
+
     def metric(self, task: str) -> str:
         """The task's headline metric: what its claims and rankings read."""
         return self.headlines.get(task, DEFAULT_HEADLINE)

@@ -71,7 +71,7 @@ from storage.catalog_mlflow import (
 )
 from storage.layout import Layout
 from storage.remote import store_mirror
-from storage.scores import cell_stats, chosen_rows
+from storage.scores import cell_stats, chosen_rows, labelled_tasks
 from storage.tracking import redact
 
 # Re-exported: what the stages and tests import from the catalog.
@@ -101,7 +101,7 @@ VERSION_SCORES_SQL = f"""
 create view version_scores as
 with scored as (
     select mv.name, mv.version, r.*
-    from results r
+    from ({labelled_tasks("results")}) r
     join runs t on t.run_id = r.run_id
     join model_versions mv on mv.run_id = t.pretrain_run_id
 ),

@@ -26,6 +26,18 @@ STATS = (
 )
 
 
+def labelled_tasks(source: str) -> str:
+    """`source` with `task` relabelled `task [fingerprint]` (its first 8 characters) when the task
+    has rows of several task-data settings (another max_examples, split or file), so cells keyed
+    on `task` never pool rows of different data."""
+    return f"""select s.* replace (
+        case when p.n > 1 then s.task || ' [' || left(coalesce(s.task_fingerprint, '?'), 8) || ']'
+             else s.task end as task)
+    from {source} s join (
+        select task, count(distinct task_fingerprint) as n from {source} group by task
+    ) p on p.task = s.task"""
+
+
 def chosen_rows(source: str, cell: Sequence[str]) -> str:
     """CTEs `dev_best`, `lr_pick` and `chosen` (to follow a `with ...,`): the rows of `source`
     minus those of a learning rate a seed did not choose on dev within its `cell` (metric aside),

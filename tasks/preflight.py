@@ -48,6 +48,7 @@ class InputCheck:
     sources: list[SourceSummary] = field(default_factory=list)
     tasks: list[TaskData] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    grids: dict[str, int] = field(default_factory=dict)  # learning rates searched per mode
 
     def summary(self) -> list[str]:
         """A few lines a person reads to see that the sources resolved and each task loaded."""
@@ -55,7 +56,18 @@ class InputCheck:
         lines = [f"sources: {n_files} file(s), {_size(sum(s.bytes for s in self.sources))}"]
         lines += [f"  {s.label}: {s.files} file(s), {_size(s.bytes)}" for s in self.sources]
         lines += [f"tasks: {len(self.tasks)}"] + [f"  {_describe(task)}" for task in self.tasks]
-        return lines
+        return lines + _grids_line(self.grids)
+
+
+def _grids_line(grids: dict[str, int]) -> list[str]:
+    """The tuning effort per mode; unequal grids are a warning (more rates, more chances)."""
+    if not grids:
+        return []
+    listing = ", ".join(f"{name} {size}" for name, size in grids.items())
+    if len(set(grids.values())) == 1:
+        return [f"learning-rate grids: {listing} (the same size for every mode)"]
+    return [f"warning: unequal learning-rate grids ({listing}): a mode with more rates gets more "
+            "chances on dev; give every mode a grid of the same size in transfer.lrs"]
 
 
 def _size(n_bytes: int) -> str:
@@ -141,6 +153,7 @@ def check_inputs(spec: Spec, tasks: bool = True) -> InputCheck:
     check_sources(spec, check)
     if tasks:
         check_tasks(spec, check)
+        check.grids = spec.transfer.grid_sizes()
     return check
 
 

@@ -115,7 +115,11 @@ def _rows_hit(path: Path) -> dict[str, Any] | None:
 def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict]) -> dict:
     """The rows keyed `key` of a task: reused when written before, else computed and recorded."""
     store = store_of(spec)
-    return cached_output(store, store.layout.result(task_name, key), compute, _rows_hit)
+    predictions = store.layout.prediction(task_name, key)
+    store.sync(predictions)  # the per-item side table travels with its rows, both ways
+    found = cached_output(store, store.layout.result(task_name, key), compute, _rows_hit)
+    store.sync(predictions)
+    return found
 
 
 def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[str, str],

@@ -105,11 +105,28 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
     )
     claims = all_claims(data, found)
     sections.append(section_cells(claims))
-    md = render_markdown(title, claims, sections, PROTOCOL)
-    page = render_html(title, claims, sections, PROTOCOL)
+    protocol = tuple(p for p in (*PROTOCOL, tuning_effort(data)) if p)
+    md = render_markdown(title, claims, sections, protocol)
+    page = render_html(title, claims, sections, protocol)
     md_path = write_bytes(out_dir / "report.md", md.encode())
     html_path = write_bytes(out_dir / "report.html", page.encode())
     return ReportResult(md_path, html_path, list(plots.paths), claims)
+
+
+def tuning_effort(data: Data) -> str:
+    """Every mode should search a learning-rate grid of the same size (the same chances to
+    shine on dev); say so, or flag the modes that searched more."""
+    grids = data.rates_per_mode()
+    if not grids:
+        return ""
+    sizes = {size for found in grids.values() for size in found}
+    listing = ", ".join(f"{kind} {'/'.join(map(str, sorted(found)))}"
+                        for kind, found in sorted(grids.items()))  # fmt: skip
+    if len(sizes) == 1:
+        return f"**Tuning effort.** Every mode chose its rate on dev from a grid of {sizes.pop()}."
+    return (f"**Unequal tuning effort.** Learning rates searched on dev per mode: {listing}. "
+            "A mode with a larger grid has more chances to score well on dev; give every mode "
+            "a grid of the same size (`transfer.lrs`) before trusting a comparison of modes.")
 
 
 def section_cells(claims: list[Claim]) -> Section:

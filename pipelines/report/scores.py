@@ -27,7 +27,7 @@ from scipy import stats
 
 from pretrainlab.config import Mode, ModeError, PretrainlabError, parse_mode
 from storage.layout import Layout
-from storage.scores import cell_stats, chosen_rows
+from storage.scores import cell_stats, chosen_rows, labelled_tasks
 
 QueryFn = Callable[[str], pa.Table]
 
@@ -41,18 +41,15 @@ RELATIONS = (
 # never pool); `chosen` keeps, per (task, model, mode, budget, seed), the rate best on dev.
 CELL = ("task", "model", "mode", "b")
 BASE = f"""
-with versions as (
-    select family, count(distinct model_version) as n from results group by family),
-prints as (
-    select task, count(distinct task_fingerprint) as n from results group by task),
+with labelled as ({labelled_tasks("results")}),
+versions as (
+    select family, count(distinct model_version) as n from labelled group by family),
 res as (
-    select r.* replace (
-            case when p.n > 1 then r.task || ' [' || left(coalesce(r.task_fingerprint, '?'), 8)
-                 || ']' else r.task end as task),
+    select r.*,
         cast(r.budget as varchar) as b,
         case when v.n > 1 then r.family || '@' || coalesce(cast(r.model_version as varchar), '?')
              else r.family end as model
-    from results r join versions v using (family) join prints p on p.task = r.task),
+    from labelled r join versions v using (family)),
 {chosen_rows("res", CELL)}
 """
 # A neural score the report tabulates: not a probe, not a similarity; the headline or macro-F1.
@@ -277,6 +274,21 @@ class Data:
             ScoreKey(r["task"], r["model"], r["mode"], r["b"], r["metric"]): Stat.of_row(r)
             for r in found
         }
+
+    def rates_per_mode(self) -> dict[str, set[int]]:
+        """{mode kind (scratch, frozen, finetune, partial): the sizes of the learning-rate grids
+        its runs searched on dev}, one size per (task, model, mode, budget, seed)."""
+        if not self.has_results:
+            return {}
+        rows = self.rows(
+            BASE + "select split_part(mode, ':', 1) as kind, count(distinct lr) as rates "
+            f"from res where split = 'dev' and lr is not null and {SCORED} "
+            "group by task, model, mode, b, seed"
+        )
+        found: dict[str, set[int]] = {}
+        for r in rows:
+            found.setdefault(r["kind"], set()).add(int(r["rates"]))
+        return found
 
     def metric(self, task: str) -> str:
         """The task's headline metric: what its claims and rankings read."""

@@ -143,6 +143,12 @@ class TransferSpec(Strict):
                 raise ValueError(f"adapt.tasks: no task named {name!r}; tasks: {tasks}")
         return self
 
+    def grid_sizes(self) -> dict[str, int]:
+        """{grid (scratch, frozen, finetune, partial): rates in it} for the grids the sweep's
+        and the tasks' modes draw from: a fair race gives every mode a grid of the same size."""
+        modes = [*self.modes, *(m for t in self.tasks for m in t.modes or [])]
+        return {name: len(self.lrs[name]) for name in sorted({m.name for m in modes})}
+
     @model_validator(mode="after")
     def _every_mode_has_a_grid(self) -> TransferSpec:
         """Every mode a run can meet (the sweep's and any task's own) has a rate grid."""

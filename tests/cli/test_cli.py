@@ -275,7 +275,15 @@ def test_check_lists_every_problem_then_summarises_what_loaded(tmp_path: Path, e
     assert "sources: 1 file(s), 30 bytes" in summary
     assert "sst (classify): 55/5/2 train/dev/test, 2 labels" in summary
     assert "1 label(s) never in train (meh): test 1 scored as errors" in summary
+    assert "(the same size for every mode)" in summary
     assert not (tmp_path / "store").exists()
+
+    data["transfer"]["lrs"] = {"scratch": [1e-3, 3e-4, 1e-4], "frozen": [1e-2],
+                               "finetune": [3e-4], "partial": [3e-4]}
+    done = cli("check", str(write_spec(spec, data)), env=env, cwd=tmp_path)
+    summary = " ".join(done.stderr.split())
+    assert done.returncode == 0 and "warning: unequal learning-rate grids" in summary, summary
+    assert "scratch 3" in summary
 
 
 def test_run_with_a_broken_task_file_fails_before_ingestion(tmp_path: Path, env) -> None:

@@ -286,6 +286,20 @@ def test_protocol_block_prints_the_rules_verbatim_on_top(report: ReportResult) -
     assert md.index("## Protocol") < md.index("## Claims")
     assert RULE.strip() in md and CONVERGENCE_RULE.strip() in md
     assert "How verdicts are reached" in report.html_path.read_text()
+    assert "Every mode chose its rate on dev from a grid of 2." in md
+
+
+def test_unequal_learning_rate_grids_are_flagged(tmp_path: Path) -> None:
+    """Scratch searched two rates, finetune one: a reviewer's first objection, said on top."""
+    layout = Layout.at(tmp_path / "store")
+    for mode, rates in (("scratch", (GOOD_LR, BAD_LR)), ("finetune", (GOOD_LR,))):
+        rows = [r for lr in rates for seed in SEEDS
+                for r in run_rows("polarity", "gpt", mode, "50", seed, lr, 0.6)]  # fmt: skip
+        write_parquet(layout.results / "polarity" / f"{mode}.parquet", table(rows))
+    refresh(layout.store, layout.default_tracking_uri)
+    md = build_report(layout.store, tmp_path / "out").markdown_path.read_text()
+    protocol = md[: md.index("## Claims")]
+    assert "**Unequal tuning effort.**" in protocol and "finetune 1, scratch 2" in protocol
 
 
 def test_few_labels_supported_with_numbers(report: ReportResult) -> None:

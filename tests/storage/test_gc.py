@@ -57,7 +57,10 @@ def build(tmp_path: Path) -> Lab:
         )
     output_dir(layout.corpora / f".cZ.tmp-{dead_pid()}-abc", {"part-00000.parquet": BLOB}, None)
     (layout.results / "polarity" / ".x.parquet.tmp-abcd1234").write_bytes(BLOB)
-    for area in ("corpus", "tokenizers", "tokens", "models", "features", "results"):
+    layout.prediction("polarity", "x").parent.mkdir(parents=True)
+    (layout.predictions / "polarity" / ".x.parquet.tmp-abcd1234").write_bytes(BLOB)
+    layout.prediction("polarity", "kept").write_bytes(BLOB)  # a run's predictions: never garbage
+    for area in ("corpus", "tokenizers", "tokens", "models", "features", "results", "predictions"):
         age(store / area, 30)
     age(layout.corpus("cR"), 1)
     return lab
@@ -74,6 +77,7 @@ GARBAGE = {
     "models/elmo/K4",
     "features/elmo/polarity-elmo-3",
     "results/polarity/.x.parquet.tmp-abcd1234",
+    "predictions/polarity/.x.parquet.tmp-abcd1234",
 }
 
 

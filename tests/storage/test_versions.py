@@ -4,12 +4,16 @@ pipelines.report.promotion) on a real MLflow registry and real result rows."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import tasks.promote as promote_task
 from pipelines.report.promotion import Rule
 from storage import catalog, downstream, version_compare, versions
+from storage.atomic import write_parquet
 from storage.registry import CHAMPION
 from tests.storage.lab_store import Lab, make_lab
 
@@ -180,3 +184,26 @@ def test_list_versions_has_aliases_and_pretraining_numbers(lab: Lab) -> None:
     ]
     assert "candidate" in listed[2]["aliases"].split(",") and listed[0]["aliases"] == ""
     assert listed[1]["valid_loss"] == pytest.approx(4.5) and listed[1]["family"] == "bert"
+
+
+
+def test_version_scores_never_pool_two_settings_of_a_task(tmp_path: Path) -> None:
+    """The same task name run on other task data (another max_examples, split or file) gets its
+    own cells, labelled with the data's fingerprint, as in the report."""
+    lab = make_lab(tmp_path)
+    bert = lab.pretrain("bert", PARAMS_V1, {"valid_loss": 5.0})
+    lab.transfer(bert, "bert", "polarity", "finetune", [0.60, 0.70])
+    lab.transfer(bert, "bert", "polarity", "finetune", [0.20, 0.30])  # a run per seed
+    for path in (lab.layout.results / "polarity").glob("*.parquet"):
+        table = pq.read_table(path)
+        if min(table.column("value").to_pylist()) < 0.5:  # the second setting's runs
+            column = table.schema.get_field_index("task_fingerprint")
+            other = pa.array(["other-data"] * table.num_rows)
+            write_parquet(path, table.set_column(column, "task_fingerprint", other))
+    catalog.refresh(lab.store, lab.uri)
+    found = catalog.query(
+        lab.store, "select task, round(mean, 6) as mean from version_scores order by 1",
+        tracking_uri=lab.uri, refresh_first=False,
+    ).to_pylist()
+    assert found == [{"task": "polarity [fp-polar]", "mean": 0.65},
+                     {"task": "polarity [other-da]", "mean": 0.25}]

@@ -11,8 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 import pipelines.data.ingest as ingest_lib
-from pipelines import demo_data
-from pretrainlab.config import SourceSpec, Spec
+from pretrainlab.config import Spec
 from storage import remote
 from storage.atomic import atomic_dir, read_manifest, write_manifest
 from storage.hashing import code_hash, stable_hash
@@ -35,32 +34,13 @@ class CorpusPlan:
         return read_manifest(self.directory) is not None
 
 
-def _source_input(
-    source: SourceSpec, data_dir: str | None, object_store: remote.ObjectStore
-) -> ingest_lib.SourceInput:
-    if source.dataset is not None:
-        files = demo_data.dataset_files(source.dataset, Path(data_dir) if data_dir else None)
-        fmt = demo_data.dataset_format(source.dataset) if source.format == "auto" else source.format
-        text_field = demo_data.dataset_text_field(source.dataset) or source.text_field
-        label = f"dataset:{source.dataset}"
-    else:
-        files = ingest_lib.resolve_paths(source.path, object_store)
-        fmt, text_field, label = source.format, source.text_field, source.path
-    return ingest_lib.SourceInput(
-        paths=list(files),
-        format=fmt,
-        text_field=text_field,
-        doc_per=source.doc_per,
-        limit=source.limit,
-        label=label,
-        encoding=source.encoding,
-    )
-
-
 def source_inputs(spec: Spec) -> list[ingest_lib.SourceInput]:
     """Resolve every source of the spec to files; fails with the path that matched nothing."""
     object_store = remote.ObjectStore.from_settings(spec.storage)
-    return [_source_input(source, spec.data_dir, object_store) for source in spec.corpus.sources]
+    return [
+        ingest_lib.sources.source_input(source, spec.data_dir, object_store)
+        for source in spec.corpus.sources
+    ]
 
 
 def ingest_settings(spec: Spec) -> ingest_lib.IngestSettings:

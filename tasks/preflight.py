@@ -17,10 +17,9 @@ from pathlib import Path
 
 import zstandard
 
-from pipelines import demo_data
-from pipelines.data.ingest.sources import detect_format, file_size, open_source, resolve_paths
+from pipelines.data.ingest.sources import detect_format, file_size, open_source, source_input
 from pipelines.data.task_data import TaskData, load_task
-from pretrainlab.config import PretrainlabError, SourceSpec, Spec
+from pretrainlab.config import PretrainlabError, Spec
 from storage.remote import ObjectStore
 from storage.remote_sources import RemoteFile
 from tasks.stamps import STAGES
@@ -87,17 +86,6 @@ def _describe(task: TaskData) -> str:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def _source_files(
-    source: SourceSpec, data_dir: str | None, store: ObjectStore
-) -> tuple[str, str, list[Path | RemoteFile]]:
-    """The source's label, declared format and files (what tasks/ingest resolves too)."""
-    if source.dataset is not None:
-        files = demo_data.dataset_files(source.dataset, Path(data_dir) if data_dir else None)
-        fmt = demo_data.dataset_format(source.dataset) if source.format == "auto" else source.format
-        return f"dataset:{source.dataset}", fmt, list(files)
-    return source.path or "", source.format, list(resolve_paths(source.path or "", store))
-
-
 def _check_head(path: Path, fmt: str) -> None:
     """Open the file and decode its first block: unreadable, a fake or truncated archive, a
     UTF-16 text fail here, not mid-ingest."""
@@ -118,10 +106,11 @@ def check_sources(spec: Spec, check: InputCheck) -> None:
     for index, source in enumerate(spec.corpus.sources):
         where = f"corpus.sources[{index}]"
         try:
-            label, fmt, files = _source_files(source, spec.data_dir, store)
+            found = source_input(source, spec.data_dir, store)
+            label, files = found.label, found.paths
             for path in files:
                 if not isinstance(path, RemoteFile):  # listing a URL already reached it
-                    _check_head(path, fmt)
+                    _check_head(path, found.format)
         except PretrainlabError as error:
             check.problems.append(f"{where}: {error}")
             continue

@@ -15,8 +15,10 @@ from typing import BinaryIO
 
 import zstandard
 
+from pipelines import demo_data
 from pipelines.data.ingest import charsets
-from pipelines.data.ingest.records import BLOCK_BYTES, IngestError
+from pipelines.data.ingest.records import BLOCK_BYTES, IngestError, SourceInput
+from pretrainlab.config import SourceSpec
 from storage.hashing import sha256_file
 from storage.remote import ObjectStore, RemoteError, is_url
 from storage.remote_sources import RemoteFile, resolve_url
@@ -35,6 +37,30 @@ FORMAT_BY_SUFFIX = {
 
 
 # --- finding and naming files --------------------------------------------------------------
+
+
+def source_input(
+    source: SourceSpec, data_dir: str | None, object_store: ObjectStore
+) -> SourceInput:
+    """A configured source resolved to its files, format and text field: one resolution for
+    the ingest stage and the pre-flight check, so both see the same files."""
+    if source.dataset is not None:
+        files = demo_data.dataset_files(source.dataset, Path(data_dir) if data_dir else None)
+        fmt = demo_data.dataset_format(source.dataset) if source.format == "auto" else source.format
+        text_field = demo_data.dataset_text_field(source.dataset) or source.text_field
+        label = f"dataset:{source.dataset}"
+    else:
+        files = resolve_paths(source.path or "", object_store)
+        fmt, text_field, label = source.format, source.text_field, source.path or ""
+    return SourceInput(
+        paths=list(files),
+        format=fmt,
+        text_field=text_field,
+        doc_per=source.doc_per,
+        limit=source.limit,
+        label=label,
+        encoding=source.encoding,
+    )
 
 
 def _visible(path: Path, root: Path) -> bool:

@@ -42,11 +42,11 @@ from tasks.transfer import (
 )
 
 
-def _applies(name: str, model: ModelRef, mode: Mode | str) -> bool:
+def _applies(name: str, architecture: str, mode: Mode | str) -> bool:
     """word2vec has one static layer: nothing to load partially or pick. An adapted model's
     scratch run would repeat its parent's exactly (same config, same seed): skipped."""
     mode = parse_mode(mode)  # a spec edited in code may hold plain strings
-    if model.architecture == "word2vec" and mode.layered:
+    if architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")
 
@@ -60,13 +60,13 @@ def compared_models(
     return {n: m for f in chosen for n, m in pretrained.items() if m.architecture == f}
 
 
-def sweep_cells(spec: Spec, task_spec: TaskSpec,
-                models: dict[str, ModelRef]) -> list[tuple[Cell, ModelRef]]:
-    """Every (family, mode, budget, seed) cell of one task, with the model it reads."""
+def sweep_cells(spec: Spec, task_spec: TaskSpec, architectures: dict[str, str]) -> list[Cell]:
+    """Every (family, mode, budget, seed) cell of one task; `architectures`: model name ->
+    its architecture (the flow and `--dry-run` count the same cells)."""
     sweep = spec.transfer
-    return [(Cell(task_spec.name, name, mode, budget, seed), model)
-            for name, model in models.items()
-            for mode in task_spec.modes or sweep.modes if _applies(name, model, mode)
+    return [Cell(task_spec.name, name, str(mode), budget, seed)
+            for name, architecture in architectures.items()
+            for mode in task_spec.modes or sweep.modes if _applies(name, architecture, mode)
             for budget in sweep.budgets for seed in sweep.seeds]
 
 
@@ -121,8 +121,9 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for name in sweep.adapt.families:
                 parent = choose_parent(pretrained | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
-        jobs += [cell_job(spec, data, model, cell)
-                 for cell, model in sweep_cells(spec, task_spec, task_models)]
+        architectures = {name: model.architecture for name, model in task_models.items()}
+        jobs += [cell_job(spec, data, task_models[cell.family], cell)
+                 for cell in sweep_cells(spec, task_spec, architectures)]
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:

@@ -58,14 +58,22 @@ def _tokenize_status(spec: Spec, name: str, corpus_id: str) -> StageStatus:
     return StageStatus(f"tokenize/{name}", str(shards), done, detail)
 
 
-def _pretrain_status(spec: Spec, name: str, family: str, corpus_id: str) -> StageStatus:
-    """A family's model, or a variant's (its name, on its family's tokenizer)."""
+def _model_out(spec: Spec, name: str, family: str, corpus_id: str) -> Path | None:
+    """Where a family's model (or a variant's, on its family's tokenizer) is or will be; None
+    before its shards are encoded."""
     tokenizer_id, shards = _shards(spec, TOKENIZER_OF_FAMILY[family], corpus_id)
     if shards is None or not is_complete(shards):
-        return StageStatus(f"pretrain/{name}", "models/<trained>", False, "after tokenize")
+        return None
     from tasks.pretrain import model_dir, model_spec  # torch: only when a plan reaches pretraining
 
-    out = model_dir(model_spec(spec, name), family, tokenizer_id, str(shards), name)
+    return model_dir(model_spec(spec, name), family, tokenizer_id, str(shards), name)
+
+
+def _pretrain_status(spec: Spec, name: str, family: str, corpus_id: str) -> StageStatus:
+    """A family's model, or a variant's (its name, on its family's tokenizer)."""
+    out = _model_out(spec, name, family, corpus_id)
+    if out is None:
+        return StageStatus(f"pretrain/{name}", "models/<trained>", False, "after tokenize")
     manifest = read_manifest(out)
     if manifest is not None:
         detail = f"{manifest['registered_name']} v{manifest['version']}"
@@ -94,10 +102,7 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
             for name, family in spec.pretrain.models()
         ]
     if reach >= STAGES.index("transfer"):
-        sweep = spec.transfer
-        modes = sum(len(task.modes or sweep.modes) for task in sweep.tasks)
-        runs = modes * len(sweep.budgets) * len(sweep.seeds)
-        detail = f"{len(sweep.tasks)} task(s), up to {runs} runs per family; cached rows reused"
+        detail = _transfer_cells(spec, corpus.corpus_id)
         out = Layout.at(spec.store).results
         statuses.append(_whole_stage_status(spec, "transfer", corpus.corpus_id, out, detail))
     if reach >= STAGES.index("report"):
@@ -105,6 +110,36 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
         detail = "rebuilt from the catalog"
         statuses.append(_whole_stage_status(spec, "report", corpus.corpus_id, out, detail))
     return statuses
+
+
+def _transfer_cells(spec: Spec, corpus_id: str) -> str:
+    """How many transfer cells the sweep has and, of those whose model is trained, how many are
+    stored (a stored cell is never run again)."""
+    from flows.transfer import sweep_cells  # torch: only when a plan reaches transfer
+    from pipelines.data.task_data import load_task
+    from storage.registry import ModelRef
+    from tasks.transfer import cell_job, stored_cell
+
+    sweep = spec.transfer
+    chosen = sweep.families or list(dict.fromkeys(f for _, f in spec.pretrain.models()))
+    architectures = {n: f for n, f in spec.pretrain.models() if f in chosen}
+    models = {}
+    for name, family in architectures.items():
+        out = _model_out(spec, name, family, corpus_id)
+        manifest = read_manifest(out) if out is not None else None
+        if manifest is not None:
+            models[name] = ModelRef.from_dict(manifest)
+    total = stored = 0
+    for task_spec in sweep.tasks:
+        cells = sweep_cells(spec, task_spec, architectures)
+        total += len(cells)
+        trained = [cell for cell in cells if cell.family in models]
+        if trained:
+            data = load_task(task_spec, Path(spec.data_dir) if spec.data_dir else None)
+            stored += sum(stored_cell(spec, cell_job(spec, data, models[c.family], c)) is not None
+                          for c in trained)
+    extra = " (+ checkpoints/adapted models)" if sweep.checkpoints or sweep.adapt else ""
+    return f"{total} cells{extra}: {stored} stored, {total - stored} would run"
 
 
 def _whole_stage_status(

@@ -1,5 +1,12 @@
 """Transfer flow: every task x model x mode x label budget x seed, baselines and probes.
 
+The sweep's cells are independent tasks on the runner `compute.runner` names (a thread pool,
+a Dask or a Ray cluster): frozen features first, once per (model, task), then every cell not
+stored yet. Workers return their records; this flow (the driver) writes each cell's MLflow run
+and result file as it finishes, so the tracking store has one writer. A cell whose worker died
+is submitted again (`compute.cell_retries`). Under the determinism contract
+(`pipelines/transfer/protocol.py`) the rows are the same on every runner.
+
 The models are the pretrained families and their variants (`pretrain.variants`, under their
 own names), the user's own checkpoints (`transfer.checkpoints`) and, per task, the
 domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
@@ -12,25 +19,34 @@ from typing import Any
 from prefect import flow
 
 from pipelines.training.adaptation import choose_parent
-from pretrainlab.config import Mode, Spec, parse_mode
+from pretrainlab.config import Mode, Spec, TaskSpec, parse_mode
 from storage.registry import ModelRef
 from tasks.pretrain import adapt_model
+from tasks.progress import stage_logger
+from tasks.runners import describe, submit_all, task_runner
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
+    Cell,
+    CellJob,
+    cell_job,
     load_task,
+    reads_features,
+    record_cell,
     register_checkpoint,
     run_baseline,
     run_polysemy,
     run_probe,
-    run_transfer,
+    stored_cell,
+    train_cell,
+    transfer_features,
 )
 
 
-def _applies(name: str, model: ModelRef, mode: Mode | str) -> bool:
+def _applies(name: str, architecture: str, mode: Mode | str) -> bool:
     """word2vec has one static layer: nothing to load partially or pick. An adapted model's
     scratch run would repeat its parent's exactly (same config, same seed): skipped."""
     mode = parse_mode(mode)  # a spec edited in code may hold plain strings
-    if model.architecture == "word2vec" and mode.layered:
+    if architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")
 
@@ -44,6 +60,47 @@ def compared_models(
     return {n: m for f in chosen for n, m in pretrained.items() if m.architecture == f}
 
 
+def sweep_cells(spec: Spec, task_spec: TaskSpec, architectures: dict[str, str]) -> list[Cell]:
+    """Every (family, mode, budget, seed) cell of one task; `architectures`: model name ->
+    its architecture (the flow and `--dry-run` count the same cells)."""
+    sweep = spec.transfer
+    return [Cell(task_spec.name, name, str(mode), budget, seed)
+            for name, architecture in architectures.items()
+            for mode in task_spec.modes or sweep.modes if _applies(name, architecture, mode)
+            for budget in sweep.budgets for seed in sweep.seeds]
+
+
+def run_cells(spec: Spec, jobs: list[CellJob]) -> list[dict[str, Any]]:
+    """Each job's result file: reused when stored, else trained on the spec's runner (features
+    first) and recorded here as it finishes. In `jobs` order."""
+    results: dict[int, dict[str, Any]] = {}
+    for i, job in enumerate(jobs):
+        if (hit := stored_cell(spec, job)) is not None:
+            results[i] = hit
+    todo = [i for i in range(len(jobs)) if i not in results]
+    if not todo:
+        return [results[i] for i in range(len(jobs))]
+    log = stage_logger()
+    log.info(f"{len(todo)} transfer cell(s) to run on {describe(spec.compute)} "
+             f"({len(results)} stored)")
+    needs = {(jobs[i].cell.family, jobs[i].data.name): jobs[i] for i in todo
+             if reads_features(jobs[i].cell.mode)}
+
+    def done(n: int, found: Any) -> None:
+        results[todo[n]] = record_cell(spec, jobs[todo[n]], found)
+        log.info(f"cell {len(results) - len(jobs) + len(todo)}/{len(todo)}: {found.summary}")
+
+    retries = spec.compute.cell_retries
+    with task_runner(spec.compute) as runner:
+        submit_all(runner, transfer_features,
+                   [{"spec": spec, "data": j.data, "family": j.cell.family, "model": j.model}
+                    for j in needs.values()], lambda n, found: None, retries)
+        submit_all(runner, train_cell,
+                   [{"spec": spec, "data": jobs[i].data, "model": jobs[i].model,
+                     "cell": jobs[i].cell} for i in todo], done, retries)
+    return [results[i] for i in range(len(jobs))]
+
+
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime.
@@ -55,6 +112,7 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
     compared |= imported
     runs: list[dict[str, Any]] = []
+    jobs: list[CellJob] = []
     for task_spec in sweep.tasks:
         data = load_task(spec, task_spec)
         runs += run_baseline(spec, data)
@@ -63,14 +121,15 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
             for name in sweep.adapt.families:
                 parent = choose_parent(pretrained | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
-        for name, model in task_models.items():
-            for mode in [m for m in task_spec.modes or sweep.modes if _applies(name, model, m)]:
-                runs += run_transfer(spec, data, name, model, mode)
+        architectures = {name: model.architecture for name, model in task_models.items()}
+        jobs += [cell_job(spec, data, task_models[cell.family], cell)
+                 for cell in sweep_cells(spec, task_spec, architectures)]
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:
             runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
                      if model.architecture != "word2vec"]
+    runs += run_cells(spec, jobs)
     publish_transfer_summary(spec, [r["run_id"] for r in runs])
     computed = sum(not r["cache_hit"] for r in runs)
     return {

@@ -1,4 +1,4 @@
-"""The Prefect task runner the spec asks for: where per-shard tasks run.
+"""The Prefect task runner the spec asks for: where per-shard tasks and transfer cells run.
 
 `compute.runner: thread` (default) keeps shards in this process; `dask` hands them to a Dask
 cluster (a local one of `n_workers` processes, or an existing scheduler at `address`) through
@@ -9,21 +9,37 @@ before any shard is encoded.
 Workers in other processes report their task runs to the Prefect API. A local Dask cluster is
 handed this process's API URL (the ephemeral server `pretrainlab run` starts included); workers
 of an existing cluster must reach a real server, so there `PREFECT_API_URL` must be set.
+
+Workers this module starts (local Dask processes, Ray workers) get `OMP_NUM_THREADS=1`: a cell
+sets its own torch thread count (`compute.cell_threads`), and one thread per worker keeps
+workers on a shared machine from oversubscribing its cores. `submit_all` hands calls to a
+started runner, collects their results in the driver as they finish, and submits a call whose
+worker died again.
 """
 
 from __future__ import annotations
 
 import socket
 import urllib.parse
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from prefect import Task
 from prefect.client.orchestration import get_client
+from prefect.exceptions import CrashedRun
+from prefect.futures import PrefectFuture, as_completed
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pretrainlab.config import ComputeSpec, PretrainlabError
+from tasks.progress import stage_logger
 
 CONNECT_TIMEOUT_S = 5.0
 DASK_DEFAULT_PORT = 8786
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# What a call raises when the process running it died (not an error of the call itself).
+WORKER_DIED = {"KilledWorker", "WorkerCrashedError", "NodeDiedError", "CommClosedError",
+               "ActorDiedError", "OwnerDiedError", "ObjectLostError", "CrashedRun"}
 
 
 class RunnerError(PretrainlabError, RuntimeError):
@@ -105,7 +121,10 @@ def task_runner(compute: ComputeSpec, api_url: str | None = None) -> TaskRunner:
     check_compute(compute)
     if compute.runner == "ray":
         ray = _ray_runner_class()
-        return ray(address=compute.ray.address) if compute.ray.address else ray()
+        init = {"runtime_env": {"env_vars": dict(WORKER_ENV)}}  # used when this starts Ray
+        if compute.ray.address:
+            return ray(address=compute.ray.address, init_kwargs=init)
+        return ray(init_kwargs={**init, "include_dashboard": False})
     if compute.runner == "thread":
         return ThreadPoolTaskRunner(max_workers=compute.threads)
     from prefect_dask import DaskTaskRunner
@@ -118,7 +137,7 @@ def task_runner(compute: ComputeSpec, api_url: str | None = None) -> TaskRunner:
             "threads_per_worker": compute.dask.threads_per_worker,
             "processes": True,
             "dashboard_address": None,
-            "env": {"PREFECT_API_URL": api_url or current_api_url()},
+            "env": {"PREFECT_API_URL": api_url or current_api_url(), **WORKER_ENV},
         }
     )
 
@@ -131,3 +150,48 @@ def describe(compute: ComputeSpec) -> str:
     if compute.runner == "ray":
         return f"ray ({compute.ray.address or 'local'})"
     return f"thread pool ({compute.threads} at once)"
+
+
+def worker_died(error: BaseException) -> bool:
+    """Whether `error` says the worker process running a call died (killed, out of memory, its
+    node lost), as Dask, Ray or Prefect report it, rather than that the call failed."""
+    return isinstance(error, CrashedRun) or bool(
+        {t.__name__ for t in type(error).__mro__} & WORKER_DIED
+    )
+
+
+def submit_all(
+    runner: TaskRunner,
+    task: Task,
+    calls: Sequence[dict[str, Any]],
+    done: Callable[[int, Any], None],
+    retries: int,
+) -> None:
+    """Run `task` once per parameter dict of `calls` on the started `runner`; `done(i, result)`
+    runs here, in the driver, as each call finishes. A call whose worker died is submitted
+    again, at most `retries` times. Any other error is raised once every call has finished, so
+    the finished ones are all handed to `done` (a re-run reuses them)."""
+    batch: dict[PrefectFuture, tuple[int, int]] = {
+        runner.submit(task, parameters=call): (i, 0) for i, call in enumerate(calls)
+    }
+    errors: list[BaseException] = []
+    while batch:
+        again: dict[PrefectFuture, tuple[int, int]] = {}
+        for future in as_completed(list(batch)):
+            i, tries = batch[future]
+            try:
+                result = future.result()
+            except Exception as error:  # sorted below: retried or raised
+                if worker_died(error) and tries < retries:
+                    stage_logger().warning(
+                        f"{task.name} call {i + 1}: its worker died ({type(error).__name__}); "
+                        f"submitting it again (retry {tries + 1} of {retries})"
+                    )
+                    again[runner.submit(task, parameters=calls[i])] = (i, tries + 1)
+                else:
+                    errors.append(error)
+                continue
+            done(i, result)
+        batch = again
+    if errors:
+        raise errors[0]

@@ -1,5 +1,7 @@
-"""Transfer tasks: one Prefect task per (task, family, mode); inside it one MLflow run and one
-Parquet file of result rows per (label budget, seed); baselines, probes and polysemy beside.
+"""Transfer tasks: one cell per (task, family, mode, label budget, seed), trained by
+`train_cell` on whichever worker the runner picks and recorded by the driver (`record_cell`) as
+one MLflow run and one Parquet file of result rows; frozen features once per (model, task)
+before its cells (`transfer_features`); baselines, probes and polysemy beside.
 
 Each mode picks its own learning rate on dev from its grid (a shared rate manufactures the
 "pretraining helps" result); the chosen rate is recorded with the run. Result rows are the
@@ -9,6 +11,7 @@ truth the report reads; MLflow mirrors them for its UI, each run written in one 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,7 +42,7 @@ from storage.layout import Layout
 from storage.registry import ModelRef
 from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
-from tasks.stage import cached_output, content_key, store_of
+from tasks.stage import cached_output, content_key, reuse, store_of
 from tasks.tracking import open_tracking
 
 # The code that computes a run's rows: editing any of it recomputes them.
@@ -199,7 +202,7 @@ def _config(spec: Spec, mode: str, lr: float, seed: int) -> transfer_lib.Transfe
     return transfer_lib.TransferConfig(
         mode=mode, lr=lr, batch_size=t.batch_size, max_len=t.max_len, seed=seed, passes=t.passes,
         min_steps=t.min_steps, max_steps=t.max_steps, evals=t.evals, patience=t.patience,
-        warmup=t.warmup, encoder_lr_scale=t.encoder_lr_scale)
+        warmup=t.warmup, encoder_lr_scale=t.encoder_lr_scale, threads=spec.compute.cell_threads)
 
 
 RUN_SETTINGS = {"passes", "min_steps", "max_steps", "evals", "patience", "warmup",
@@ -217,26 +220,106 @@ def _features_dir(spec: Spec, family: str) -> Path:
     return Layout.at(spec.store).features_of(family)
 
 
-def _transfer_one(spec: Spec, data: Any, family: str, model: ModelRef, mode: str,
-                  budget: Any, seed: int) -> dict[str, Any]:
-    """One (budget, seed) of a mode: its rows, reused or computed."""
-    grid = spec.transfer.lrs[grid_key(mode)]
-    key = content_key({"task": data.fingerprint, "family": family, "model": model.model_key,
-                       "mode": mode, "budget": budget, "seed": seed, "grid": grid,
-                       "transfer": _run_settings(spec), "rows": ROWS_VERSION}, CODE)
-    return _result(spec, data.name, key,
-                   lambda path: _best_of_grid(spec, data, family, model, mode, budget, seed, path))
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the transfer sweep: the run one result file holds. What else its result
+    depends on (task content, model, settings) is in `cell_key`; a new sweep dimension is one
+    more field here and there."""
+
+    task: str
+    family: str  # the name the model runs under (gpt, gpt+adapt, a checkpoint's name)
+    mode: str
+    budget: int | str
+    seed: int
+
+    def label(self) -> str:
+        return f"{self.family} {self.mode} on {self.task} (budget {self.budget}, seed {self.seed})"
 
 
-def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str, budget: Any,
-                  seed: int, path: Path) -> dict[str, Any]:
-    """Train with every rate of the mode's grid, keep the best on dev, record its rows."""
-    grid = spec.transfer.lrs[grid_key(mode)]
-    train = task_data_lib.take_budget(data.train, budget, seed)
+@dataclass(frozen=True)
+class CellJob:
+    """A cell with what its worker needs and where the driver records it."""
+
+    cell: Cell
+    data: task_data_lib.TaskData
+    model: ModelRef
+    path: Path  # its result file
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """What a worker hands back: every record of the cell's run, none written yet."""
+
+    run_name: str
+    tags: dict[str, str]
+    points: list[Point]
+    base: dict[str, Any]
+    items: list[Row]
+    predictions: transfer_lib.Predictions
+    summary: str  # the progress line the driver logs
+
+
+def cell_key(spec: Spec, data: Any, model: ModelRef, cell: Cell) -> str:
+    """The content key of a cell's rows: adding a seed, budget or mode keeps every other key."""
+    fields = {"task": data.fingerprint, "family": cell.family, "model": model.model_key,
+              "mode": cell.mode, "budget": cell.budget, "seed": cell.seed,
+              "grid": spec.transfer.lrs[grid_key(cell.mode)],
+              "transfer": _run_settings(spec), "rows": ROWS_VERSION}
+    if spec.compute.cell_threads != 1:  # the one place-independent setting that moves last bits
+        fields["threads"] = spec.compute.cell_threads
+    return content_key(fields, CODE)
+
+
+def cell_job(spec: Spec, data: Any, model: ModelRef, cell: Cell) -> CellJob:
+    return CellJob(cell, data, model,
+                   Layout.at(spec.store).result(data.name, cell_key(spec, data, model, cell)))
+
+
+def stored_cell(spec: Spec, job: CellJob) -> dict[str, Any] | None:
+    """The cell's result file when written before (here, or pulled from the mirror)."""
+    return reuse(store_of(spec), job.path, _rows_hit)
+
+
+def reads_features(mode: str) -> bool:
+    """Frozen cells train on the (model, task)'s cached features, computed once upstream."""
+    return parse_mode(mode).name == "frozen"
+
+
+@task(name="transfer-features", task_run_name="features-{family}/{data.name}",
+      cache_policy=NO_CACHE)
+def transfer_features(spec: Spec, data: task_data_lib.TaskData, family: str,
+                      model: ModelRef) -> None:
+    """The frozen features of a (model, task), written once, before the cells that read them."""
+    with protocol_lib.cell_scope(0, spec.compute.cell_threads):
+        features_lib.frozen_features(model.architecture, model.path, data,
+                                     spec.transfer.max_len, _features_dir(spec, family))
+
+
+FAULT_ENV = "PRETRAINLAB_FAULT_EXIT_ONCE"  # tests: a marker file; a cell that finds it dies
+
+
+def _fault_point() -> None:
+    """Where tests kill a worker mid-cell: the first cell to find the marker removes it and ends
+    its process at once, as an out-of-memory kill would."""
+    marker = os.environ.get(FAULT_ENV)
+    if marker and Path(marker).exists():
+        Path(marker).unlink(missing_ok=True)
+        os._exit(17)
+
+
+@task(name="transfer-cell", task_run_name="cell-{cell.family}-{cell.mode}/{cell.task}-b"
+      "{cell.budget}-s{cell.seed}", cache_policy=NO_CACHE)
+def train_cell(spec: Spec, data: task_data_lib.TaskData, model: ModelRef,
+               cell: Cell) -> CellResult:
+    """Train one cell on whichever worker runs it: every rate of the mode's grid, the best on
+    dev kept. Writes nothing: the driver records the returned run and rows."""
+    _fault_point()
+    grid = spec.transfer.lrs[grid_key(cell.mode)]
+    train = task_data_lib.take_budget(data.train, cell.budget, cell.seed)
     started = time.perf_counter()
-    trials = {lr: transfer_lib.run_transfer(model.architecture, model.path, data,
-                                            train, _config(spec, mode, lr, seed),
-                                            _features_dir(spec, family))
+    trials = {lr: transfer_lib.run_transfer(model.architecture, model.path, data, train,
+                                            _config(spec, cell.mode, lr, cell.seed),
+                                            _features_dir(spec, cell.family))
               for lr in grid}
     headline = metrics_lib.headline(data)
     best_lr = max(grid, key=lambda lr: trials[lr].dev.get(headline, float("-inf")))
@@ -253,30 +336,30 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
     items += [Row(p.index, "dev", "step", float(p.step)) for p in best.curve]
     items += [Row(best.best_eval, "test", k, v) for k, v in test.items()]
     items += [Row(best.best_eval, "mix", "weight", w, i) for i, w in mix]
-    tags = {"family": family, "mode": mode, "budget": str(budget), "seed": str(seed),
-            "lr": f"{best_lr:g}", "lr_grid": str(grid), "best_step": str(best_step),
-            "steps": str(best.steps), "converged": str(best.converged),
-            "train_examples": str(len(train)), **_model_tags(model)}
-    base = _base(data, family=family, model_version=model.version, mode=mode,
-                 budget=str(budget), seed=seed, lr=best_lr)
-    result = _record(spec, data, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
-                     points, base, items, path, best.test_predictions)
-    stage_logger().info(
-        f"{family} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
-        f"test {headline} {best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
-        f"{'' if best.converged else ' (still improving)'} in {time.perf_counter() - started:.1f}s"
+    tags = {"family": cell.family, "mode": cell.mode, "budget": str(cell.budget),
+            "seed": str(cell.seed), "lr": f"{best_lr:g}", "lr_grid": str(grid),
+            "best_step": str(best_step), "steps": str(best.steps),
+            "converged": str(best.converged), "train_examples": str(len(train)),
+            **_model_tags(model)}
+    base = _base(data, family=cell.family, model_version=model.version, mode=cell.mode,
+                 budget=str(cell.budget), seed=cell.seed, lr=best_lr)
+    summary = (
+        f"{cell.label()}: lr {best_lr:g}, test {headline} "
+        f"{best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
+        f"{'' if best.converged else ' (still improving)'} in "
+        f"{time.perf_counter() - started:.1f}s"
     )
+    run_name = f"{cell.family}-{cell.mode}/{cell.task}-b{cell.budget}-s{cell.seed}"
+    return CellResult(run_name, tags, points, base, items, best.test_predictions, summary)
+
+
+def record_cell(spec: Spec, job: CellJob, found: CellResult) -> dict[str, Any]:
+    """In the driver, one cell at a time: its MLflow run and result file (workers never write
+    the tracking store or result files), pushed to the mirror."""
+    result = _record(spec, job.data, found.run_name, found.tags, found.points, found.base,
+                     found.items, job.path, found.predictions)
+    store_of(spec).sync(job.path)
     return result
-
-
-@task(name="transfer", task_run_name="transfer-{family}-{mode}/{data.name}",
-      cache_policy=NO_CACHE)
-def run_transfer(spec: Spec, data: task_data_lib.TaskData, family: str, model: ModelRef,
-                 mode: str) -> list[dict[str, Any]]:
-    """One family in one mode on one task, over every label budget and seed."""
-    open_tracking(spec)
-    return [_transfer_one(spec, data, family, model, mode, budget, seed)
-            for budget in spec.transfer.budgets for seed in spec.transfer.seeds]
 
 
 def _per_layer(spec: Spec, data: Any, family: str, model: ModelRef, kind: str,
@@ -322,7 +405,8 @@ def run_polysemy(spec: Spec, data: task_data_lib.TaskData, family: str,
     def similarity(path: Path) -> dict[str, Any]:
         scores = transfer_lib.polysemy_similarity(model.architecture, model.path, data,
                                                   spec.transfer.max_len,
-                                                  _features_dir(spec, family))
+                                                  _features_dir(spec, family),
+                                                  spec.compute.cell_threads)
         return _per_layer(spec, data, family, model, "frozen", scores, "polysemy", 0.0, path)
 
     return _result(spec, "polysemy", key, similarity)

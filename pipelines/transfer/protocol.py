@@ -16,12 +16,22 @@ number of training examples, so every mode, family and budget runs under the sam
 - Converged: yes when early stopping ended the run (a plateau of `patience` evaluations), or
   when its best dev evaluation is in the first four fifths of its evaluations; no when it used
   its whole step budget and was still improving in the last fifth.
+- Determinism (`cell_scope`): a run's numbers depend only on its inputs (model files, examples,
+  config with its seed and thread count), never on where it runs or what ran before it in that
+  process. Every draw comes from torch's generators seeded by the run's seed inside a forked,
+  then restored, RNG state; the batch order from its own `torch.Generator`; the torch thread
+  count is the config's `threads` (reductions sum in a thread-count-dependent order).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+import torch
 
 from pipelines.transfer.heads import TransferError
 
@@ -42,6 +52,7 @@ class TransferConfig:
     patience: int  # evaluations without improvement before stopping (after min_steps)
     warmup: float  # fraction of the planned steps spent warming up
     encoder_lr_scale: float  # loaded encoder weights train at lr * this
+    threads: int = 1  # torch threads while the run trains (see cell_scope)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ def check_config(config: TransferConfig) -> None:
             f"transfer max_steps ({config.max_steps}) is below min_steps ({config.min_steps}); "
             "raise max_steps or lower min_steps"
         )
+    if config.threads < 1:
+        raise TransferError(f"compute.cell_threads must be at least 1, got {config.threads}")
     if config.min_steps < config.evals:
         raise TransferError(
             f"transfer min_steps ({config.min_steps}) is below evals ({config.evals}): a run "
@@ -98,3 +111,25 @@ def is_converged(best_eval: int, n_evals: int, plateaued: bool) -> bool:
     """False when patience never ran out (the run used its whole budget) and its best dev
     evaluation (1-based) is in the last fifth of its evaluations: still improving at the end."""
     return plateaued or best_eval <= STILL_IMPROVING * n_evals
+
+
+# torch's default generators and thread count belong to the process: cells sharing one (thread
+# runner, a Dask worker with several threads) take turns, so none sees another's draws.
+_CELL_LOCK = threading.RLock()
+
+
+@contextmanager
+def cell_scope(seed: int, threads: int) -> Iterator[None]:
+    """Run the body as one cell of the determinism contract: `threads` torch threads and the
+    default generators (CPU and the current GPU) seeded by `seed`; both restored afterwards, so
+    nothing before or after the cell (in this process) changes its numbers or is changed by it."""
+    with _CELL_LOCK:
+        before = torch.get_num_threads()
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        torch.set_num_threads(threads)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                yield
+        finally:
+            torch.set_num_threads(before)

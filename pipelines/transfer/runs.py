@@ -26,6 +26,10 @@ optimizer steps over reshuffled passes of the examples, warmup + linear decay, a
 every `eval_every` steps (reported via `on_eval`), early stopping after `patience` evaluations
 without a better dev score (span F1 for BIO tag sets, else accuracy) once `min_steps` are done,
 test metrics and per-item test predictions with the weights of the best dev evaluation.
+
+Determinism contract: a run's result depends only on its inputs (model files, examples, config
+with its seed and `threads`), not on where it runs (serial, threads, a Dask or Ray worker) or
+what its process ran before: every entry point runs under `protocol.cell_scope` (see there).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from pipelines.transfer.heads import (
 from pipelines.transfer.metrics import headline, score_split
 from pipelines.transfer.protocol import (
     TransferConfig,
+    cell_scope,
     check_config,
     is_converged,
     lr_factor,
@@ -373,7 +378,8 @@ def _train_head(
     start: float,
 ) -> TransferResult:
     """Build the head for `shape` = (layers read, groups, width), train it, return the result."""
-    torch.manual_seed(config.seed)  # the head's init does not depend on how the encoder was built
+    # inside the run's cell_scope: the head's init does not depend on how the encoder was built
+    torch.manual_seed(config.seed)
     n_layers, groups, dim = shape
     head = TaskHead(n_layers, dim, groups, len(task.labels)).to(device())
     return _fit(task, splits, source, head, config, loaded, on_eval, start)
@@ -405,9 +411,16 @@ def run_transfer(
     on_eval: Callable[[Evaluation], None] | None = None,
 ) -> TransferResult:
     """Train a head (and, by mode, the encoder) of `family`'s model on `train`; see the module
-    docstring for the modes. Deterministic for a given seed."""
+    docstring for the modes. Deterministic for a given config (its seed and threads)."""
     start = time.perf_counter()
     check_config(config)
+    with cell_scope(config.seed, config.threads):  # seeds a scratch / re-initialised encoder
+        return _run(family, model_dir, task, train, config, feature_cache, on_eval, start)
+
+
+def _run(family: str, model_dir: Path, task: TaskData, train: Sequence[Example],
+         config: TransferConfig, feature_cache: Path | None,
+         on_eval: Callable[[Evaluation], None] | None, start: float) -> TransferResult:
     mode = parse_mode(config.mode)
     splits = _splits(task, train)
     if mode.name == "frozen":
@@ -415,7 +428,6 @@ def run_transfer(
         all_layers = tuple(range(arrays["train"].shape[2]))
         layers = all_layers if mode.layer is None else (mode.layer,)
         return _run_frozen(task, train, config, arrays, layers, on_eval, start)
-    torch.manual_seed(config.seed)  # a scratch / re-initialised encoder's init
     encoder, tokenizer, loaded = build_trainable(family, model_dir, mode)
     encoder.to(device())
     inputs = family_inputs(family, tokenizer, config.max_len, encoder.max_positions)
@@ -437,15 +449,22 @@ def probe_layers(
     """A linear probe (the linear head on one frozen layer) per layer, layer 0 = embeddings:
     test metrics at the best dev evaluation. The encoder runs at most once for all layers."""
     check_config(config)
-    arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
-    return {
-        layer: _run_frozen(task, train, config, arrays, (layer,), None, time.perf_counter()).test
-        for layer in range(arrays["train"].shape[2])
-    }
+    with cell_scope(config.seed, config.threads):
+        arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
+        return {
+            layer: _run_frozen(task, train, config, arrays, (layer,), None, time.perf_counter())
+            .test
+            for layer in range(arrays["train"].shape[2])
+        }
 
 
 def polysemy_similarity(
-    family: str, model_dir: Path, task: TaskData, max_len: int, feature_cache: Path | None = None
+    family: str,
+    model_dir: Path,
+    task: TaskData,
+    max_len: int,
+    feature_cache: Path | None = None,
+    threads: int = 1,
 ) -> dict[int, dict[str, float]]:
     """Per layer, the cosine between a word's representations in two sentences, averaged over
     same-sense and different-sense pairs of a word-in-context task's test split.
@@ -455,7 +474,8 @@ def polysemy_similarity(
     """
     if task.kind != "wic":
         raise TransferError(f"polysemy needs a word-in-context task; {task.name} is {task.kind}")
-    test = np.asarray(frozen_features(family, model_dir, task, max_len, feature_cache)["test"])
+    with cell_scope(0, threads):
+        test = np.asarray(frozen_features(family, model_dir, task, max_len, feature_cache)["test"])
     same = np.array([example.label == "1" for example in task.test])
     u, v = test[:, 0], test[:, 1]  # (pairs, layers, dim): the target word in each sentence
     norms = np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1)

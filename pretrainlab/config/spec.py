@@ -77,13 +77,21 @@ class RaySpec(Strict):
 
 
 class ComputeSpec(Strict):
-    """Where per-shard tasks (encoding) run: a thread pool here, or a Dask or Ray cluster."""
+    """Where per-shard tasks (encoding) and transfer cells run: a thread pool here, or a Dask or
+    Ray cluster."""
 
     runner: Literal["thread", "dask", "ray"] = Field(
         "thread", description="thread | dask (prefect-dask) | ray (needs: pip install prefect-ray)."
     )
     threads: int = Field(
         1, ge=1, description="thread: shards at once (one shard already uses every core)."
+    )
+    cell_threads: int = Field(
+        1, ge=1, description="Torch threads of one transfer cell, on every runner: a cell's "
+        "numbers depend on it, never on where the cell runs.",
+    )
+    cell_retries: int = Field(
+        2, ge=0, description="A transfer cell whose worker died is submitted again this often.",
     )
     dask: DaskSpec = DaskSpec()
     ray: RaySpec = RaySpec()

@@ -35,7 +35,9 @@ def test_dask_without_address_builds_a_local_cluster_of_n_processes() -> None:
     assert isinstance(runner, DaskTaskRunner)
     assert runner.cluster_kwargs["n_workers"] == 3
     assert runner.cluster_kwargs["processes"] is True
-    assert runner.cluster_kwargs["env"] == {"PREFECT_API_URL": api}  # workers report here
+    assert runner.cluster_kwargs["env"] == {  # workers report here, one OpenMP thread each
+        "PREFECT_API_URL": api, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"
+    }
 
 
 def test_dask_address_that_listens_is_used_with_a_prefect_server() -> None:

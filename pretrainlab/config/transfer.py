@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from pretrainlab.config.base import Encoding, Strict
 from pretrainlab.config.families import RESERVED_NAMES, Family
-from pretrainlab.config.modes import MODES, Mode
+from pretrainlab.config.modes import MODES, Mode, parse_mode
 
 TaskKind = Literal["classify", "pair", "tag", "wic"]
 TaskFormat = Literal["auto", "csv", "jsonl", "conll"]
@@ -147,7 +147,7 @@ class TransferSpec(Strict):
         """{grid (scratch, frozen, finetune, partial): rates in it} for the grids the sweep's
         and the tasks' modes draw from: a fair race gives every mode a grid of the same size."""
         modes = [*self.modes, *(m for t in self.tasks for m in t.modes or [])]
-        return {name: len(self.lrs[name]) for name in sorted({m.name for m in modes})}
+        return {name: len(self.lrs[name]) for name in sorted({parse_mode(m).name for m in modes})}
 
     @model_validator(mode="after")
     def _every_mode_has_a_grid(self) -> TransferSpec:

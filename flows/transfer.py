@@ -69,8 +69,9 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:
-            runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
-                     if model.architecture != "word2vec"]
+            for name, model in task_models.items():
+                if model.architecture != "word2vec":  # one static layer: nothing to compare
+                    runs += run_probe(spec, data, name, model)
     publish_transfer_summary(spec, [r["run_id"] for r in runs])
     computed = sum(not r["cache_hit"] for r in runs)
     return {

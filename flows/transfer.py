@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from pipelines.training.adaptation import choose_parent
-from pretrainlab.config import Mode, Spec, parse_mode
+from pretrainlab.config import Mode, PretrainlabError, Spec, parse_mode
 from storage.registry import ModelRef
+from tasks.audit import audit_task
+from tasks.ingest import plan_corpus_plain
 from tasks.pretrain import adapt_model
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
@@ -44,6 +46,16 @@ def compared_models(
     return {n: m for f in chosen for n, m in pretrained.items() if m.architecture == f}
 
 
+def _corpus_id(spec: Spec) -> str | None:
+    """The pretraining corpus the audit reads; None when its sources cannot be resolved here
+    (a transfer of imported checkpoints alone needs no corpus): the audit is then skipped."""
+    try:
+        return plan_corpus_plain(spec).corpus_id
+    except PretrainlabError as error:
+        get_run_logger().warning(f"contamination audit skipped: {error}")
+        return None
+
+
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime.
@@ -55,8 +67,11 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     imported = {c.name: register_checkpoint(spec, c) for c in sweep.checkpoints}
     compared |= imported
     runs: list[dict[str, Any]] = []
+    corpus_id = _corpus_id(spec)
     for task_spec in sweep.tasks:
         data = load_task(spec, task_spec)
+        if corpus_id is not None:
+            audit_task(spec, data, corpus_id)
         runs += run_baseline(spec, data)
         task_models = dict(compared)
         if sweep.adapt and (sweep.adapt.tasks is None or data.name in sweep.adapt.tasks):

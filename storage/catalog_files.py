@@ -196,7 +196,7 @@ def result_views(layout: Layout) -> list[View]:
         views.append(
             View("results", f"select * exclude (_file) from {_read_parquet(files)}", len(files))
         )
-        views.append(View("probe_layers", PROBE_LAYERS_SQL, 0))
+        views.append(View("probe_layers", PROBE_LAYERS_SQL, len(files)))  # derived from results
     predictions = Layout.visible_parquet(layout.predictions)
     if predictions:
         sql = f"select * exclude (_file) from {_read_parquet(predictions)}"

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from pipelines.training.adaptation import choose_parent
-from pretrainlab.config import Mode, Spec, TaskSpec, parse_mode
+from pretrainlab.config import Mode, PretrainlabError, Spec, TaskSpec, parse_mode
 from storage.registry import ModelRef
+from tasks.audit import audit_task
+from tasks.ingest import plan_corpus_plain
 from tasks.pretrain import adapt_model
 from tasks.progress import stage_logger
 from tasks.runners import describe, submit_all, task_runner
@@ -101,6 +103,16 @@ def run_cells(spec: Spec, jobs: list[CellJob]) -> list[dict[str, Any]]:
     return [results[i] for i in range(len(jobs))]
 
 
+def _corpus_id(spec: Spec) -> str | None:
+    """The pretraining corpus the audit reads; None when its sources cannot be resolved here
+    (a transfer of imported checkpoints alone needs no corpus): the audit is then skipped."""
+    try:
+        return plan_corpus_plain(spec).corpus_id
+    except PretrainlabError as error:
+        get_run_logger().warning(f"contamination audit skipped: {error}")
+        return None
+
+
 @flow(name="transfer", flow_run_name="transfer/{spec.experiment}")
 def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Measure what each pretrained model is worth on each task, in every regime.
@@ -113,8 +125,11 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
     compared |= imported
     runs: list[dict[str, Any]] = []
     jobs: list[CellJob] = []
+    corpus_id = _corpus_id(spec)
     for task_spec in sweep.tasks:
         data = load_task(spec, task_spec)
+        if corpus_id is not None:
+            audit_task(spec, data, corpus_id)
         runs += run_baseline(spec, data)
         task_models = dict(compared)
         if sweep.adapt and (sweep.adapt.tasks is None or data.name in sweep.adapt.tasks):
@@ -127,8 +142,9 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:
-            runs += [run_probe(spec, data, name, model) for name, model in task_models.items()
-                     if model.architecture != "word2vec"]
+            for name, model in task_models.items():
+                if model.architecture != "word2vec":  # one static layer: nothing to compare
+                    runs += run_probe(spec, data, name, model)
     runs += run_cells(spec, jobs)
     publish_transfer_summary(spec, [r["run_id"] for r in runs])
     computed = sum(not r["cache_hit"] for r in runs)

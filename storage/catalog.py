@@ -16,6 +16,10 @@ Relations (views only exist when their files do; MLflow tables whenever MLflow w
   results       transfer result rows under <store>/results (a file of an older row schema
                 fails the refresh, naming the file and how to re-run transfer)
   predictions   per test item of each transfer run: gold, predicted label and whether correct
+  probe_layers  per task x model x layer: probe accuracy, control accuracy, selectivity (or the
+                majority/shuffled-label floor), relative depth, means over probe seeds
+  contamination per task: test examples sharing an n-gram with the pretraining corpus, verbatim
+                ones, and the models adapted on the task's text (tasks/audit.py)
   outputs       one row per complete corpus/token output, its manifest as JSON text
   tokenizers    one row per complete tokenizer: id, family, kind, vocab size, corpus, manifest
   experiments, runs, params, metrics (full history), metrics_latest (view),
@@ -50,10 +54,12 @@ import pyarrow as pa
 
 from pretrainlab.config import PretrainlabError
 from storage.catalog_files import (
+    AUDIT_SCHEMA,
     PREDICTION_SCHEMA,
     RESULT_SCHEMA,
     StaleResultsError,
     View,
+    audit_views,
     corpus_views,
     output_rows,
     result_views,
@@ -76,6 +82,7 @@ from storage.tracking import redact
 
 # Re-exported: what the stages and tests import from the catalog.
 __all__ = [
+    "AUDIT_SCHEMA",
     "PREDICTION_SCHEMA",
     "RESULT_SCHEMA",
     "CatalogError",
@@ -128,7 +135,7 @@ class Contents:
 
 
 def _collect(layout: Layout, tracking_uri: str | None) -> Contents:
-    views = corpus_views(layout) + token_views(layout) + result_views(layout)
+    views = corpus_views(layout) + token_views(layout) + result_views(layout) + audit_views(layout)
     tables = {"outputs": output_rows(layout), "tokenizers": tokenizer_rows(layout)}
     uri = resolve_tracking_uri(layout, tracking_uri)
     copied, status = mlflow_tables(uri)

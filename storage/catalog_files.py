@@ -140,6 +140,31 @@ PREDICTION_SCHEMA = pa.schema([
 ])
 
 
+# One row per (task, corpus) audit (tasks/audit.py): test examples sharing an n-gram with the
+# pretraining corpus, and occurring verbatim; `adapted` names the models adapted on the task's
+# own text (they saw its test text by design).
+AUDIT_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("task", pa.string()), ("task_fingerprint", pa.string()),
+    ("corpus_id", pa.string()), ("examples", pa.int64()), ("short_examples", pa.int64()),
+    ("ngram_examples", pa.int64()), ("verbatim_examples", pa.int64()),
+    ("ngram_share", pa.float64()), ("verbatim_share", pa.float64()),
+    ("ngram_words", pa.int32()), ("ngram_chars", pa.int32()), ("warn_share", pa.float64()),
+    ("documents", pa.int64()), ("adapted", pa.list_(pa.string())),
+])
+# Per (task, model, layer): probes and their controls over probe seeds (tasks/transfer.py).
+PROBE_LAYERS_SQL = """select task, family, model_version, layer,
+    max(value) filter (where metric = 'relative_depth') as relative_depth,
+    count(distinct seed) as seeds,
+    avg(value) filter (where metric = 'accuracy') as accuracy,
+    avg(value) filter (where metric = 'seen_accuracy') as seen_accuracy,
+    avg(value) filter (where metric = 'control_accuracy') as control_accuracy,
+    avg(value) filter (where metric = 'selectivity') as selectivity,
+    stddev_samp(value) filter (where metric = 'selectivity') as selectivity_sd,
+    avg(value) filter (where metric = 'floor') as floor,
+    avg(value) filter (where metric = 'above_floor') as above_floor
+from results where mode = 'probe' and split = 'test' and layer is not null group by all"""
+
+
 class StaleResultsError(PretrainlabError, RuntimeError):
     """A result file written before the current row schema: transfer must be re-run."""
 
@@ -171,11 +196,21 @@ def result_views(layout: Layout) -> list[View]:
         views.append(
             View("results", f"select * exclude (_file) from {_read_parquet(files)}", len(files))
         )
+        views.append(View("probe_layers", PROBE_LAYERS_SQL, len(files)))  # derived from results
     predictions = Layout.visible_parquet(layout.predictions)
     if predictions:
         sql = f"select * exclude (_file) from {_read_parquet(predictions)}"
         views.append(View("predictions", sql, len(predictions)))
     return views
+
+
+def audit_views(layout: Layout) -> list[View]:
+    """`contamination`: every task's audit against the pretraining corpus."""
+    files = Layout.visible_parquet(layout.audits)
+    if not files:
+        return []
+    return [View("contamination", f"select * exclude (_file) from {_read_parquet(files)}",
+                 len(files))]  # fmt: skip
 
 
 def output_rows(layout: Layout) -> pa.Table:

@@ -10,6 +10,7 @@
   features/<family>/<task>-<family>-<key>/       frozen-feature caches of a model on a task
   results/<task>/<key>.parquet                   transfer result rows (Parquet)
   predictions/<task>/<key>.parquet               per-item test predictions of the same run
+  audit/<task>/<key>.parquet                     contamination audit of a task vs the corpus
   reports/<experiment>/                          report.md, report.html, PNGs
   stamps/<stage>-<experiment>.json               last completed stage result + its input key
   catalog.duckdb                                 rebuildable DuckDB cache
@@ -169,6 +170,14 @@ class Layout:
     def prediction(self, task: str, key: str) -> Path:
         """Per-item test predictions of the run whose rows are `result(task, key)`."""
         return self.predictions / task / f"{key}.parquet"
+
+    @property
+    def audits(self) -> Path:
+        return self.store / "audit"
+
+    def audit(self, task: str, key: str) -> Path:
+        """The contamination audit of `task`'s test split against the pretraining corpus."""
+        return self.audits / task / f"{key}.parquet"
 
     @property
     def mirror_record(self) -> Path:

@@ -32,6 +32,7 @@ import pipelines.transfer.baselines as baselines_lib
 import pipelines.transfer.features as features_lib
 import pipelines.transfer.heads as heads_lib
 import pipelines.transfer.metrics as metrics_lib
+import pipelines.transfer.probes as probes_lib
 import pipelines.transfer.protocol as protocol_lib
 import pipelines.transfer.runs as transfer_lib
 from pretrainlab.config import CheckpointSpec, Spec, TaskSpec, parse_mode
@@ -364,35 +365,48 @@ def record_cell(spec: Spec, job: CellJob, found: CellResult) -> dict[str, Any]:
 
 def _per_layer(spec: Spec, data: Any, family: str, model: ModelRef, kind: str,
                scores: dict[int, dict[str, float]], result_task: str, lr: float,
-               path: Path) -> dict[str, Any]:
+               path: Path, seed: int = 0) -> dict[str, Any]:
     """Record per-layer numbers (probes, polysemy) as one run and layer-indexed rows."""
     items = [Row(0, "test", k, v, layer) for layer, metrics in scores.items()
              for k, v in metrics.items()]
     base = _base(data, task=result_task, family=family, model_version=model.version, mode=kind,
-                 budget="all", seed=0, lr=lr)
+                 budget="all", seed=seed, lr=lr)
     open_tracking(spec)
-    return _record(spec, data, f"{kind}-{family}/{data.name}",
-                   {"family": family, "mode": kind, **_model_tags(model)},
+    suffix = f"-s{seed}" if kind == "probe" else ""
+    return _record(spec, data, f"{kind}-{family}/{data.name}{suffix}",
+                   {"family": family, "mode": kind, "seed": str(seed), **_model_tags(model)},
                    [Point(f"test_{r.metric}", r.value, r.layer or 0) for r in items], base,
                    items, path)
 
 
-@task(name="probe", task_run_name="probe-{family}/{data.name}", cache_policy=NO_CACHE)
-def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
-              model: ModelRef) -> dict[str, Any]:
-    """A linear probe per layer: which layer knows what."""
+PROBE_CODE = [*CODE, probes_lib]
+
+
+def _probe_one(spec: Spec, data: task_data_lib.TaskData, family: str, model: ModelRef,
+               seed: int) -> dict[str, Any]:
+    """One probe seed: every layer's probe and its control (or floor), reused or computed."""
     lr = spec.transfer.lrs["frozen"][0]
     key = "probe-" + content_key({"task": data.fingerprint, "family": family,
                                   "model": model.model_key, "lr": lr, "rows": ROWS_VERSION,
-                                  "transfer": _run_settings(spec)}, CODE)
+                                  "seed": seed, "transfer": _run_settings(spec)}, PROBE_CODE)
 
     def probe(path: Path) -> dict[str, Any]:
-        scores = transfer_lib.probe_layers(model.architecture, model.path, data, data.train,
-                                           _config(spec, "frozen", lr, 0),
-                                           _features_dir(spec, family))
-        return _per_layer(spec, data, family, model, "probe", scores, data.name, lr, path)
+        scores = probes_lib.probe_with_control(model.architecture, model.path, data,
+                                               _config(spec, "frozen", lr, seed),
+                                               _features_dir(spec, family))
+        return _per_layer(spec, data, family, model, "probe", scores, data.name, lr, path, seed)
 
     return _result(spec, data.name, key, probe)
+
+
+@task(name="probe", task_run_name="probe-{family}/{data.name}", cache_policy=NO_CACHE)
+def run_probe(spec: Spec, data: task_data_lib.TaskData, family: str,
+              model: ModelRef) -> list[dict[str, Any]]:
+    """A linear probe per layer and probe seed, each beside its control: which layer knows
+    what, and how much of it the probe could have memorised (pipelines/transfer/probes.py).
+    One result file per seed, so adding seeds computes only the new ones."""
+    return [_probe_one(spec, data, family, model, seed)
+            for seed in range(spec.transfer.probe_seeds)]
 
 
 @task(name="polysemy", task_run_name="polysemy-{family}/{data.name}", cache_policy=NO_CACHE)

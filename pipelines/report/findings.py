@@ -206,6 +206,27 @@ class Convergence:
 
 
 @dataclass(frozen=True)
+class ProbeLayer:
+    """One layer of a (task, model)'s probes: per metric, its value per probe seed."""
+
+    task: str
+    model: str
+    layer: int
+    depth: float  # layer / top layer: 0 = embeddings, 1 = top
+    seeds: dict[str, dict[int, float]]
+
+    @property
+    def control(self) -> str | None:
+        """What the probe is read against: `selectivity` (tag tasks, a per-type control),
+        `above_floor` (majority / shuffled-label floor), None (rows before controls)."""
+        return next((m for m in ("selectivity", "above_floor") if m in self.seeds), None)
+
+    def mean(self, metric: str) -> float:
+        values = self.seeds[metric].values()
+        return sum(values) / len(values)
+
+
+@dataclass(frozen=True)
 class Findings:
     """Everything the claims judge, as the sections computed it."""
 
@@ -220,3 +241,4 @@ class Findings:
     singles: list[SingleLayer]
     masking: list[MaskingCell]
     adapted: list[ModePair]
+    probes: list[ProbeLayer] = field(default_factory=list)  # per layer, with their controls

@@ -32,8 +32,8 @@ from pipelines.report.sections_layers import (
     section_masking,
     section_modes,
     section_polysemy,
-    section_probes,
 )
+from pipelines.report.sections_probes import best_layers, section_audit, section_probes
 from pipelines.report.sections_scores import (
     section_budget,
     section_convergence,
@@ -80,7 +80,7 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
     pretraining = section_pretraining(data, plots)
     budget = section_budget(data, plots)
     convergence, reached = section_convergence(data, plots)
-    probes, best_layers = section_probes(data, plots)
+    probes, probe_layers = section_probes(data, plots)
     modes = section_modes(data, plots)
     masking, mask_cells = section_masking(data)
     equal_budget = section_equal_budget(data, plots)
@@ -96,15 +96,23 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
         convergence=reached,
         frozen_finetune=pairs(data, "finetune", "frozen"),
         partial=partial_curves(data),
-        best_layers=best_layers,
+        best_layers=best_layers(probe_layers),
         word2vec_wic=word2vec,
         polysemy=poly_rows,
         singles=single_layers(data),
         masking=mask_cells,
         adapted=adapted_pairs(data),
+        probes=probe_layers,
     )
     claims = all_claims(data, found)
     sections.append(section_cells(claims))
+    audit, warnings = section_audit(data)
+    sections.append(audit)
+    if warnings:  # read before anything else: these tasks' scores may measure memory
+        top = Section("Contamination warning")
+        for line in warnings:
+            top.text(line)
+        sections.insert(0, top)
     protocol = tuple(p for p in (*PROTOCOL, tuning_effort(data)) if p)
     md = render_markdown(title, claims, sections, protocol)
     page = render_html(title, claims, sections, protocol)

@@ -1,15 +1,14 @@
-"""Report sections 4-8: probes per layer, transfer modes, masking, equal budget, polysemy.
+"""Report sections 5-8: transfer modes, masking, equal budget, polysemy (4, the probes, is in
+`sections_probes`).
 
 Each section returns its `Section` and, where a claim judges it, the typed findings it drew.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from matplotlib.figure import Figure
 
-from pipelines.report.document import Plots, Section, slug
+from pipelines.report.document import Plots, Section
 from pipelines.report.findings import (
     MaskingCell,
     PartialCurve,
@@ -19,63 +18,9 @@ from pipelines.report.findings import (
     partial_curves,
     single_layers,
 )
-from pipelines.report.scores import BASE, Data, Stat, budget_order, versus_baseline_text
+from pipelines.report.scores import BASE, Data, Stat, versus_baseline_text
 from pipelines.report.sections_scores import MASK_PARAM, pretrain_rows
 from storage.scores import cell_stats
-
-# ---------------------------------------------------------------------------------- probes
-
-
-def _probe_rows(data: Data) -> list[dict[str, Any]]:
-    """Per-layer probe scores at each (task, model)'s largest budget."""
-    if not data.has_results:
-        return []
-    found = data.rows(
-        BASE + cell_stats("res", ("task", "model", "b"), "mode = 'probe' and metric = 'accuracy' "
-                          "and task <> 'polysemy'", per_layer=True)
-    )  # fmt: skip
-    largest: dict[tuple[str, str], str] = {}
-    for r in found:
-        key = (r["task"], r["model"])
-        largest[key] = max(largest.get(key, r["b"]), r["b"], key=budget_order)
-    return sorted(
-        (r for r in found if r["b"] == largest[(r["task"], r["model"])]),
-        key=lambda r: (r["task"], r["model"], r["layer"]),
-    )
-
-
-def section_probes(data: Data, plots: Plots) -> tuple[Section, dict[tuple[str, str], int]]:
-    sec = Section("4. Score per layer (linear probes)")
-    rows = _probe_rows(data)
-    if not rows:
-        sec.text("Skipped: no probe rows (mode 'probe' with a layer).")
-        return sec, {}
-    best: dict[tuple[str, str], int] = {}
-    for r in rows:
-        key = (r["task"], r["model"])
-        top = [x for x in rows if (x["task"], x["model"]) == key]
-        best[key] = max(top, key=lambda x: x["mean"])["layer"]
-    table = []
-    for r in rows:
-        stat = Stat.of_row(r)
-        gap = data.against_baseline(r["task"], r["b"], stat)
-        is_best = "best" if best[(r["task"], r["model"])] == r["layer"] else ""
-        table.append([r["task"], r["model"], r["layer"], stat.text(), r["n"], is_best,
-                      versus_baseline_text(gap)])  # fmt: skip
-    sec.table(["task", "model", "layer", "accuracy", "n", "best layer?", "vs baseline"], table)
-    for task in sorted({r["task"] for r in rows}):
-        fig = Figure(figsize=(5, 3.2))
-        ax = fig.subplots()
-        for model in sorted({r["model"] for r in rows if r["task"] == task}):
-            pts = [r for r in rows if r["task"] == task and r["model"] == model]
-            ax.plot([r["layer"] for r in pts], [r["mean"] for r in pts], marker="o", label=model)
-        ax.set_xlabel("layer (0 = embeddings)")
-        ax.set_ylabel("probe test accuracy")
-        ax.set_title(task)
-        ax.legend(fontsize=7)
-        sec.image(plots.save(fig, f"probes_{slug(task)}"), f"{task}: probe accuracy per layer")
-    return sec, best
-
 
 # ----------------------------------------------------------------------------------- modes
 

@@ -438,26 +438,6 @@ def _run(family: str, model_dir: Path, task: TaskData, train: Sequence[Example],
     return _train_head(task, splits, source, shape, config, loaded, on_eval, start)
 
 
-def probe_layers(
-    family: str,
-    model_dir: Path,
-    task: TaskData,
-    train: Sequence[Example],
-    config: TransferConfig,
-    feature_cache: Path | None = None,
-) -> dict[int, dict[str, float]]:
-    """A linear probe (the linear head on one frozen layer) per layer, layer 0 = embeddings:
-    test metrics at the best dev evaluation. The encoder runs at most once for all layers."""
-    check_config(config)
-    with cell_scope(config.seed, config.threads):
-        arrays = frozen_features(family, model_dir, task, config.max_len, feature_cache)
-        return {
-            layer: _run_frozen(task, train, config, arrays, (layer,), None, time.perf_counter())
-            .test
-            for layer in range(arrays["train"].shape[2])
-        }
-
-
 def polysemy_similarity(
     family: str,
     model_dir: Path,

@@ -55,6 +55,7 @@ from pretrainlab.config.pretrain import (
 )
 from pretrainlab.config.spec import (
     MLFLOW_DB,
+    AuditSpec,
     ComputeSpec,
     DaskSpec,
     PromoteSpec,
@@ -90,6 +91,7 @@ __all__ = [
     "TOKENIZER_OF_FAMILY",
     "TORCH_FAMILIES",
     "AdaptSpec",
+    "AuditSpec",
     "BERTSpec",
     "BPESpec",
     "BudgetSpec",

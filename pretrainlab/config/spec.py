@@ -112,6 +112,22 @@ class PromoteSpec(Strict):
     margin: float = Field(0.0, ge=0, description="Must beat the champion by more than this.")
 
 
+class AuditSpec(Strict):
+    """The contamination audit: how much of each task's test split the pretraining corpus holds.
+
+    Word n-grams (13, as GPT-3's audit) for spaced text; for CJK text, which has no spaces, a
+    span of characters. 50 characters is longer than the ~20-30 characters that 13 English
+    words carry in Chinese, so a shared span is a copied passage, not a common phrase or idiom.
+    """
+
+    enabled: bool = Field(True, description="Audit every task against the pretraining corpus.")
+    ngram_words: int = Field(13, ge=1, description="Word n-gram length (spaced text).")
+    ngram_chars: int = Field(50, ge=1, description="Character span length (CJK text).")
+    warn_share: float = Field(
+        0.05, ge=0, le=1, description="The report warns above this share of test examples."
+    )
+
+
 class Spec(Strict):
     """A whole experiment. `experiment` names the MLflow experiments and registered models."""
 
@@ -130,6 +146,7 @@ class Spec(Strict):
     pretrain: PretrainSpec = PretrainSpec()
     transfer: TransferSpec = TransferSpec()
     promote: PromoteSpec = PromoteSpec()
+    audit: AuditSpec = AuditSpec()
     @model_validator(mode="after")
     def _adapted_models_exist(self) -> Spec:
         """Fail before pretraining, not after it, when adaptation names a model with no language

@@ -119,6 +119,9 @@ class TransferSpec(Strict):
     batch_size: int = Field(16, ge=1)
     max_len: int = Field(64, ge=8, description="Subword tokens per input.")
     probe_tasks: list[str] = Field([], description="Tasks that get a linear probe per layer.")
+    probe_seeds: int = Field(
+        3, ge=1, description="Probe seeds 0..n-1 per layer, each with its control (or floor)."
+    )
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> TransferSpec:

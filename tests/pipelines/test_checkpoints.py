@@ -16,7 +16,8 @@ from pipelines.data.task_data import Example, TaskData
 from pipelines.models.hf_import import CheckpointError, import_checkpoint, inspect_checkpoint
 from pipelines.models.saved import load_pretrained
 from pipelines.transfer.heads import family_inputs, load_encoder
-from pipelines.transfer.runs import TransferConfig, polysemy_similarity, probe_layers, run_transfer
+from pipelines.transfer.probes import probe_with_control
+from pipelines.transfer.runs import TransferConfig, polysemy_similarity, run_transfer
 from tests.pipelines.hf_checkpoints import save_bert_checkpoint, save_gpt2_checkpoint, sentences
 
 MODES = ("scratch", "frozen", "finetune", "partial:1")
@@ -172,7 +173,7 @@ def test_partial_loads_the_checkpoints_lower_layer_only(imported: dict) -> None:
 @pytest.mark.parametrize("arch", ["bert", "gpt"])
 def test_probes_and_polysemy_cover_every_layer(arch: str, imported: dict, tasks: dict) -> None:
     directory, _ = imported[arch]
-    probes = probe_layers(arch, directory, tasks["tag"], tasks["tag"].train, _config("frozen"))
+    probes = probe_with_control(arch, directory, tasks["tag"], _config("frozen"))
     assert sorted(probes) == [0, 1, 2]
     sims = polysemy_similarity(arch, directory, tasks["wic"], 32)
     assert sorted(sims) == [0, 1, 2]

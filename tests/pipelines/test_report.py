@@ -115,6 +115,18 @@ def transfer_rows(pretrained_wins: bool, tasks: tuple[str, ...]) -> list[tuple]:
     return rows
 
 
+def _probe_metrics(task: str, layer: int, top_layer: int, seed: int) -> dict[str, float]:
+    """A probe layer's numbers: tags with a control (selectivity highest at layer 1, where
+    the control fits least), WiC with its floor (highest above it at the top)."""
+    accuracy = (0.8 if layer == top_layer else 0.6) + 0.01 * seed
+    if task == "wic":
+        return {"accuracy": accuracy, "floor": 0.5, "above_floor": accuracy - 0.5,
+                "relative_depth": layer / 2}  # fmt: skip
+    control = {0: 0.95, 1: 0.5, 2: 0.7}[layer] + 0.01 * seed
+    return {"accuracy": accuracy, "seen_accuracy": accuracy, "control_accuracy": control,
+            "selectivity": accuracy - control, "relative_depth": layer / 2}  # fmt: skip
+
+
 def probe_and_polysemy_rows() -> list[tuple]:
     rows = []
     best = {"pos": 1, "wic": 2}  # syntax lower, senses higher
@@ -122,24 +134,24 @@ def probe_and_polysemy_rows() -> list[tuple]:
         for family in ("elmo", "gpt", "bert"):
             for layer in range(3):
                 for seed in SEEDS:
-                    value = (0.8 if layer == top_layer else 0.6) + 0.01 * seed
-                    rows.append(
-                        (
-                            f"probe-{task}-{family}-{seed}",
-                            task,
-                            family,
-                            FAMILIES[family],
-                            "probe",
-                            "all",
-                            seed,
-                            None,
-                            None,
-                            "test",
-                            "accuracy",
-                            value,
-                            layer,
+                    for metric, value in _probe_metrics(task, layer, top_layer, seed).items():
+                        rows.append(
+                            (
+                                f"probe-{task}-{family}-{seed}",
+                                task,
+                                family,
+                                FAMILIES[family],
+                                "probe",
+                                "all",
+                                seed,
+                                None,
+                                None,
+                                "test",
+                                metric,
+                                value,
+                                layer,
+                            )
                         )
-                    )
     senses = {"word2vec": [(0, 0.7, 0.7)], "bert": [(0, 0.7, 0.65), (1, 0.8, 0.5), (2, 0.8, 0.4)]}
     for family, layers in senses.items():
         for layer, same, diff in layers:
@@ -259,6 +271,7 @@ def test_files_exist_and_pngs_are_images(report: ReportResult) -> None:
         "budget_polarity.png",
         "convergence_polarity.png",
         "probes_pos.png",
+        "selectivity_pos.png",
         "partial_k.png",
         "equal_budget.png",
         "polysemy.png",
@@ -333,8 +346,10 @@ def test_other_claims_read_the_designed_data(report: ReportResult) -> None:
     assert partial.verdict == SUPPORTED and "k=0 0.550, k=1 0.620" in partial.line
     assert "word2vec/wic@all k=0 0.510, k=1 0.510" in partial.line  # flat: not rising
     assert "word2vec/wic@all k=1 vs k=0 0.510 vs 0.510" in partial.line
-    lower = claim(report, "Lower layers")  # one probe run per layer: no paired test
-    assert lower.verdict == INCONCLUSIVE and "bert POS layer 1 vs WiC layer 2" in lower.line
+    lower = claim(report, "Lower layers")  # selectivity paired by probe seed
+    assert lower.verdict == SUPPORTED
+    assert "bert/pos selectivity layer 1 vs 2 0.300 vs -0.100, +0.400" in lower.line
+    assert "bert/wic above floor layer 2 vs 1 0.310 vs 0.110, +0.200" in lower.line
     w2v = claim(report, "Static word2vec")  # 0.50/0.51/0.52 vs chance: no detectable difference
     assert w2v.verdict == INCONCLUSIVE and "polysemy separation +0.000" in w2v.line
     assert "0.510 vs 0.500" in w2v.line and "no detectable difference" in w2v.line
@@ -392,8 +407,8 @@ def test_empty_store_skips_every_section(tmp_path: Path) -> None:
     assert result.pngs == []
     assert all(c.verdict == NOT_MEASURED for c in result.claims)
     md = result.markdown_path.read_text()
-    assert md.count("Skipped:") == 9
-    assert result.html_path.read_text().count("Skipped:") == 9
+    assert md.count("Skipped:") == 10  # 8 sections, the paired cells, the audit
+    assert result.html_path.read_text().count("Skipped:") == 10
 
 
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:

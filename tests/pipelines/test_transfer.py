@@ -29,12 +29,12 @@ from pipelines.models.saved import load_pretrained
 from pipelines.training.pretraining import PretrainJob, pretrain
 from pipelines.transfer.heads import encode_examples, family_inputs, load_encoder, pooled_states
 from pipelines.transfer.metrics import span_f1, spans
+from pipelines.transfer.probes import probe_with_control
 from pipelines.transfer.protocol import Plan, is_converged, lr_factor, plan
 from pipelines.transfer.runs import (
     TransferConfig,
     TransferError,
     build_trainable,
-    probe_layers,
     run_transfer,
 )
 from pretrainlab.config import Mode, PretrainlabError, parse_mode, spec_from_dict
@@ -435,7 +435,7 @@ def test_the_encoder_runs_once_per_model_and_task(
         "bert", models["bert"], task, budget, config("frozen", seed=1, lr=1e-3), cache
     )
     run_transfer("bert", models["bert"], task, task.train, config("frozen:layer=2"), cache)
-    probes = probe_layers("bert", models["bert"], task, task.train, config("frozen"), cache)
+    probes = probe_with_control("bert", models["bert"], task, config("frozen"), cache)
     assert len(calls) == 3
     assert mtimes == {p: p.stat().st_mtime_ns for p in stored.iterdir()}
     assert again.train_examples == 10 and first.train_examples == 24
@@ -562,7 +562,7 @@ def test_probe_gives_every_layer_test_metrics(
     models: dict[str, Path], tasks: dict[str, TaskData]
 ) -> None:
     task = tasks["tag"]
-    probes = probe_layers("gpt", models["gpt"], task, task.train, config("frozen"))
+    probes = probe_with_control("gpt", models["gpt"], task, config("frozen"))
     assert sorted(probes) == [0, 1, 2]
     assert all({"accuracy", "macro_f1", "span_f1"} <= set(m) for m in probes.values())
 

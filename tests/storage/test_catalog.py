@@ -197,6 +197,7 @@ def test_refresh_reports_views_and_tables(lab: Lab) -> None:
         "tokens_gpt": 1,
         "tokens": 4,
         "results": 1,
+        "probe_layers": 1,  # derived from the result rows
     }
     assert summary["mlflow"] == "ok"
     assert summary["tables"]["runs"] == 3
@@ -476,7 +477,7 @@ def test_result_file_of_an_older_row_schema_says_to_rerun_transfer(tmp_path: Pat
     assert f"Remove {layout.results}" in message
     stale.unlink()
     write_parquet(stale, pa.Table.from_pylist([{"task": "polarity", "value": 0.5}], RESULT_SCHEMA))
-    assert refresh(tmp_path, None)["views"] == {"results": 1}
+    assert refresh(tmp_path, None)["views"] == {"results": 1, "probe_layers": 1}
 
 
 def test_predictions_view_reads_the_side_table(tmp_path: Path) -> None:

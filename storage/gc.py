@@ -11,9 +11,9 @@ Kept (everything else under corpus/, tokenizers/, tokens/, models/ and features/
 Also removed: the checkpoints (`work/`) of finished models (the weights in `model/` stay; a
 finished model never reads them again) and the temporaries of killed writes.
 Never touched: mlflow.db and mlartifacts/ (MLflow's own; `mlflow gc` empties deleted runs),
-result rows and their per-item predictions, contamination audits, reports, catalog.duckdb, and anything outside the
-store. Without a readable MLflow nothing can be shown to be unreferenced, so `plan` refuses
-instead of guessing.
+result rows and their per-item predictions, contamination audits, reports, catalog.duckdb, and
+anything outside the store. Without a readable MLflow nothing can be shown to be unreferenced,
+so `plan` refuses instead of guessing.
 """
 
 from __future__ import annotations

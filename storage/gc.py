@@ -11,9 +11,9 @@ Kept (everything else under corpus/, tokenizers/, tokens/, models/ and features/
 Also removed: the checkpoints (`work/`) of finished models (the weights in `model/` stay; a
 finished model never reads them again) and the temporaries of killed writes.
 Never touched: mlflow.db and mlartifacts/ (MLflow's own; `mlflow gc` empties deleted runs),
-result rows and their per-item predictions, reports, catalog.duckdb, and anything outside the
-store. Without a readable MLflow nothing can be shown to be unreferenced, so `plan` refuses
-instead of guessing.
+result rows and their per-item predictions, contamination audits, reports, catalog.duckdb, and
+anything outside the store. Without a readable MLflow nothing can be shown to be unreferenced,
+so `plan` refuses instead of guessing.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def _areas(layout: Layout) -> list[Path]:
 def _temp_parents(layout: Layout) -> list[Path]:
     parents = [layout.store, *_areas(layout), layout.tokenizer_indexes]
     parents += _dirs(layout.token_shards) + _dirs(layout.features) + _dirs(layout.results)
-    parents += _dirs(layout.predictions)
+    parents += _dirs(layout.predictions) + _dirs(layout.audits)
     for family_dir in _dirs(layout.models):
         parents += [family_dir, *_dirs(family_dir)]
     return parents
@@ -437,7 +437,7 @@ def _inside(store: Path, path: Path) -> bool:
     except ValueError:
         return False
     top = relative.parts[0] if relative.parts else ""
-    kept_areas = (*AREAS, "results", "predictions")
+    kept_areas = (*AREAS, "results", "predictions", "audit")
     return top in kept_areas or (len(relative.parts) == 1 and _TEMP.match(top) is not None)
 
 

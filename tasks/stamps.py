@@ -36,8 +36,10 @@ def identity(result: Any) -> Any:
 
 
 def result_files(spec: Spec) -> list[str]:
-    """Every transfer result file in the store: what the catalog and the report read."""
-    return [str(p) for p in Layout.at(spec.store).result_files()]
+    """Every transfer result file and contamination audit in the store: what the catalog and
+    the report read."""
+    layout = Layout.at(spec.store)
+    return [str(p) for p in layout.result_files() + layout.visible_parquet(layout.audits)]
 
 
 def stage_outputs(spec: Spec, stage: str, result: dict[str, Any]) -> list[str]:

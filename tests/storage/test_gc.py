@@ -60,7 +60,11 @@ def build(tmp_path: Path) -> Lab:
     layout.prediction("polarity", "x").parent.mkdir(parents=True)
     (layout.predictions / "polarity" / ".x.parquet.tmp-abcd1234").write_bytes(BLOB)
     layout.prediction("polarity", "kept").write_bytes(BLOB)  # a run's predictions: never garbage
-    for area in ("corpus", "tokenizers", "tokens", "models", "features", "results", "predictions"):
+    layout.audit("polarity", "kept").parent.mkdir(parents=True)
+    layout.audit("polarity", "kept").write_bytes(BLOB)  # an audit: never garbage
+    (layout.audits / "polarity" / ".y.parquet.tmp-abcd1234").write_bytes(BLOB)
+    for area in ("corpus", "tokenizers", "tokens", "models", "features", "results", "predictions",
+                 "audit"):
         age(store / area, 30)
     age(layout.corpus("cR"), 1)
     return lab
@@ -78,6 +82,7 @@ GARBAGE = {
     "features/elmo/polarity-elmo-3",
     "results/polarity/.x.parquet.tmp-abcd1234",
     "predictions/polarity/.x.parquet.tmp-abcd1234",
+    "audit/polarity/.y.parquet.tmp-abcd1234",
 }
 
 

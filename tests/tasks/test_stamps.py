@@ -9,6 +9,7 @@ import pytest
 
 from pretrainlab.config import spec_from_dict
 from storage.atomic import write_manifest
+from storage.layout import Layout
 from tasks import stamps
 
 
@@ -108,4 +109,20 @@ def test_report_key_sees_runs_deleted_in_mlflow_outside_a_run(tmp_path: Path) ->
     client.create_run(getattr(report, "experiment_id", report), tags={"stage": "report"})
     assert key() == before  # another experiment's run, or the report's own: no change
     client.delete_run(kept)
+    assert key() != before
+
+
+def test_report_key_sees_a_new_contamination_audit(tmp_path: Path) -> None:
+    """The report shows the audit: a new audit file alone rebuilds it."""
+    spec = make_spec(tmp_path)
+    (tmp_path / "store").mkdir()
+    results = {"pretrain": {"families": {}}}
+
+    def key() -> str:
+        return stamps.stage_key(spec, "report", stamps.upstream(spec, "report", "c", results))
+
+    before = key()
+    audit = Layout.at(spec.store).audit("mine", "k1")
+    audit.parent.mkdir(parents=True)
+    audit.write_bytes(b"rows")
     assert key() != before

@@ -1,6 +1,8 @@
 """Transfer flow: every task x model x mode x label budget x seed, baselines and probes.
 
-The models are the pretrained families and their variants (`pretrain.variants`, under their
+Each pretrained family also runs at its pretraining points (`pretrain.points`: rows keep
+`point`; scratch runs once, at the final model). The models are the pretrained families and
+their variants (`pretrain.variants`, under their
 own names), the user's own checkpoints (`transfer.checkpoints`) and, per task, the
 domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
 """
@@ -14,6 +16,7 @@ from prefect import flow
 from pipelines.training.adaptation import choose_parent
 from pretrainlab.config import Mode, Spec, parse_mode
 from storage.registry import ModelRef
+from tasks.models import point_models
 from tasks.pretrain import adapt_model
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
@@ -33,6 +36,14 @@ def _applies(name: str, model: ModelRef, mode: Mode | str) -> bool:
     if model.architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")
+
+
+def at_points(model: ModelRef, mode: Mode | str) -> list[ModelRef]:
+    """The model, then its pretraining points (`pretrain.points`) in step order. Scratch does
+    not depend on the point (the same architecture, randomly initialised): the model only."""
+    if parse_mode(mode).name == "scratch":
+        return [model]
+    return [model, *point_models(model)]
 
 
 def compared_models(
@@ -65,7 +76,8 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
         for name, model in task_models.items():
             for mode in [m for m in task_spec.modes or sweep.modes if _applies(name, model, m)]:
-                runs += run_transfer(spec, data, name, model, mode)
+                for ref in at_points(model, mode):  # ref.point: None = the final model
+                    runs += run_transfer(spec, data, name, ref, mode)
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:

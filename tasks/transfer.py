@@ -145,7 +145,8 @@ def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[
 
 def _model_tags(model: ModelRef) -> dict[str, str]:
     tags = {"pretrain_run_id": model.run_id, "model_version": model.version,
-            "registered_name": model.registered_name}
+            "registered_name": model.registered_name,
+            **({"point": model.point} if model.point else {})}
     return {**tags, "model_id": model.model_id} if model.model_id else tags
 
 
@@ -254,11 +255,12 @@ def _best_of_grid(spec: Spec, data: Any, family: str, model: ModelRef, mode: str
             "steps": str(best.steps), "converged": str(best.converged),
             "train_examples": str(len(train)), **_model_tags(model)}
     base = _base(data, family=family, model_version=model.version, mode=mode,
-                 budget=str(budget), seed=seed, lr=best_lr)
-    result = _record(spec, data, f"{family}-{mode}/{data.name}-b{budget}-s{seed}", tags,
+                 budget=str(budget), seed=seed, lr=best_lr, point=model.point)
+    at = f"@{model.point}" if model.point else ""
+    result = _record(spec, data, f"{family}{at}-{mode}/{data.name}-b{budget}-s{seed}", tags,
                      points, base, items, path, best.test_predictions)
     stage_logger().info(
-        f"{family} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
+        f"{family}{at} {mode} on {data.name} (budget {budget}, seed {seed}): lr {best_lr:g}, "
         f"test {headline} {best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
         f"{'' if best.converged else ' (still improving)'} in {time.perf_counter() - started:.1f}s"
     )

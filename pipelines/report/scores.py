@@ -39,12 +39,15 @@ RELATIONS = (
 # `model` is the family, or family@model_version when a family has several versions (ablations);
 # `task` is the task, or task [fingerprint] when rows of several task settings exist (so they
 # never pool); `chosen` keeps, per (task, model, mode, budget, seed), the rate best on dev.
+# Only the final models' rows (`point` null): a family's pretraining points are the break-even
+# section's (`sections_points`), so every other section sees one model per family.
 CELL = ("task", "model", "mode", "b")
 BASE = f"""
-with versions as (
-    select family, count(distinct model_version) as n from results group by family),
+with final as (select * from results where point is null),
+versions as (
+    select family, count(distinct model_version) as n from final group by family),
 prints as (
-    select task, count(distinct task_fingerprint) as n from results group by task),
+    select task, count(distinct task_fingerprint) as n from final group by task),
 res as (
     select r.* replace (
             case when p.n > 1 then r.task || ' [' || left(coalesce(r.task_fingerprint, '?'), 8)
@@ -52,7 +55,7 @@ res as (
         cast(r.budget as varchar) as b,
         case when v.n > 1 then r.family || '@' || coalesce(cast(r.model_version as varchar), '?')
              else r.family end as model
-    from results r join versions v using (family) join prints p on p.task = r.task),
+    from final r join versions v using (family) join prints p on p.task = r.task),
 {chosen_rows("res", CELL)}
 """
 # A neural score the report tabulates: not a probe, not a similarity; the headline or macro-F1.
@@ -239,6 +242,11 @@ def _scope_to_experiment(con: duckdb.DuckDBPyConnection, experiment: str) -> Non
         f'create temp view results as select * from "{db}".main.results '
         "where run_id in (select run_id from runs)"
     )
+    if "point_scores" in present:
+        con.sql(
+            f'create temp view point_scores as select * from "{db}".main.point_scores '
+            "where run_id in (select run_id from runs)"
+        )
 
 
 class Data:

@@ -34,7 +34,7 @@ def _spec(tmp_path: Path):
         "budgets": [10, 20, "all"],
         "seeds": [0, 1],
         "lrs": {"scratch": [1e-3], "frozen": [1e-2]},
-        "passes": 2, "min_steps": 4, "max_steps": 8, "evals": 4, "batch_size": 8, "max_len": 32,
+        "passes": 2, "min_steps": 10, "max_steps": 10, "evals": 10, "batch_size": 8, "max_len": 32,
     }  # fmt: skip
     return spec_from_dict(data)
 

@@ -105,8 +105,8 @@ with scored as (
     select mv.name, mv.version, r.*
     from results r
     join runs t on t.run_id = r.run_id
-    join model_versions mv on mv.run_id = t.pretrain_run_id
-        and mv.tags['point'] is not distinct from r.point  -- a point is its own version
+    join model_versions mv on mv.run_id = t.pretrain_run_id and mv.tags['point'] is null
+    where r.point is null  -- pretraining points share the run: theirs are in point_scores
 ),
 {chosen_rows("scored", VERSION)},
 cells as ({cell_stats("chosen", (*VERSION, "metric", "headline"))})

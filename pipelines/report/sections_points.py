@@ -8,6 +8,7 @@ the catalog's `break_even` and `label_equivalents` views read (`storage.catalog_
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,21 +109,24 @@ def _plot(data: Data, arms: Arms, task: str, plots: Plots) -> Path:
     axes = fig.subplots(len(budgets), len(UNITS), squeeze=False)
     for row, budget in enumerate(budgets):
         for col, (column, unit) in enumerate(UNITS):
-            ax = axes[row][col]
+            ax, least = axes[row][col], math.inf
             for family, mode in sorted({(k[1], k[3]) for k in arms if k[0] == task}):
                 curve = sorted((a.amount[column], _mean(a.scores)) for (t, f, _, m, b), a
                                in arms.items() if (t, f, m, b) == (task, family, mode, budget))
                 if mode == "scratch":
                     curve = [(0.0, y) for _, y in curve]
+                least = min([least, *(x for x, _ in curve if x > 0)])
                 if curve:
                     ax.plot(*zip(*curve, strict=True), marker="s" if mode == "scratch" else "o",
-                            label=f"{family} {mode}")  # fmt: skip
+                            label=f"{family} {mode}", clip_on=False)  # fmt: skip
             base = data.baseline(task, budget)
             if base is not None:
                 ax.axhline(base.stat.mean, color="k", linestyle="--", label=base.method)
-            ax.set_xscale("symlog", linthresh=1.0)  # scratch at zero pretraining
+            # log axis that still shows zero: linear below the least amount (scratch at 0)
+            ax.set_xscale("symlog", linthresh=least if math.isfinite(least) else 1.0)
+            ax.set_xlim(left=0)
             ax.set_xlabel(f"pretraining {unit}")
-            ax.set_ylabel(f"test {data.metric(task)} ({budget} labels)")
+        axes[row][0].set_ylabel(f"test {data.metric(task)} ({budget} labels)")
     axes[0][-1].legend(fontsize=7, loc="best")
     return plots.save(fig, f"break_even_{slug(task)}")
 

@@ -378,8 +378,8 @@ def test_empty_store_skips_every_section(tmp_path: Path) -> None:
     assert result.pngs == []
     assert all(c.verdict == NOT_MEASURED for c in result.claims)
     md = result.markdown_path.read_text()
-    assert md.count("Skipped:") == 9
-    assert result.html_path.read_text().count("Skipped:") == 9
+    assert md.count("Skipped:") == 11  # 9 sections + break-even + label-equivalents
+    assert result.html_path.read_text().count("Skipped:") == 11
 
 
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 
 from flows.ingest import ingest
 from flows.tokenization import tokenization
-from pretrainlab.config import TOKENIZER_OF_FAMILY, Spec
+from pretrainlab.config import TOKENIZER_OF_FAMILY, Spec, parse_mode
 from storage.atomic import is_complete, read_manifest
 from storage.layout import Layout
 from storage.tracking import check_tracking_reachable
@@ -115,7 +115,7 @@ def plan(spec: Spec, until: Stage = STAGES[-1]) -> list[StageStatus]:
 def _transfer_cells(spec: Spec, corpus_id: str) -> str:
     """How many transfer cells the sweep has and, of those whose model is trained, how many are
     stored (a stored cell is never run again)."""
-    from flows.transfer import sweep_cells  # torch: only when a plan reaches transfer
+    from flows.transfer import at_points, sweep_cells  # torch: only when a plan reaches it
     from pipelines.data.task_data import load_task
     from storage.registry import ModelRef
     from tasks.transfer import cell_job, stored_cell
@@ -129,15 +129,18 @@ def _transfer_cells(spec: Spec, corpus_id: str) -> str:
         manifest = read_manifest(out) if out is not None else None
         if manifest is not None:
             models[name] = ModelRef.from_dict(manifest)
+    # a pretrained cell also runs at each pretraining point short of the final model
+    points = len([p for p in spec.pretrain.points if p < 1.0])
     total = stored = 0
     for task_spec in sweep.tasks:
         cells = sweep_cells(spec, task_spec, architectures)
-        total += len(cells)
-        trained = [cell for cell in cells if cell.family in models]
+        total += sum(1 if parse_mode(c.mode).name == "scratch" else 1 + points for c in cells)
+        trained = [(c, ref) for c in cells if c.family in models
+                   for ref in at_points(models[c.family], c.mode)]  # fmt: skip
         if trained:
             data = load_task(task_spec, Path(spec.data_dir) if spec.data_dir else None)
-            stored += sum(stored_cell(spec, cell_job(spec, data, models[c.family], c)) is not None
-                          for c in trained)
+            stored += sum(stored_cell(spec, cell_job(spec, data, ref, c)) is not None
+                          for c, ref in trained)
     extra = " (+ checkpoints/adapted models)" if sweep.checkpoints or sweep.adapt else ""
     return f"{total} cells{extra}: {stored} stored, {total - stored} would run"
 

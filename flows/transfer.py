@@ -7,6 +7,9 @@ and result file as it finishes, so the tracking store has one writer. A cell who
 is submitted again (`compute.cell_retries`). Under the determinism contract
 (`pipelines/transfer/protocol.py`) the rows are the same on every runner.
 
+Each pretrained family also runs at its pretraining points (`pretrain.points`: rows keep
+`point`; scratch runs once, at the final model).
+
 The models are the pretrained families and their variants (`pretrain.variants`, under their
 own names), the user's own checkpoints (`transfer.checkpoints`) and, per task, the
 domain-adapted ones (`transfer.adapt`, joining as `<family>+adapt`).
@@ -23,6 +26,7 @@ from pretrainlab.config import Mode, PretrainlabError, Spec, TaskSpec, parse_mod
 from storage.registry import ModelRef
 from tasks.audit import audit_task
 from tasks.ingest import plan_corpus_plain
+from tasks.models import point_models
 from tasks.pretrain import adapt_model
 from tasks.progress import stage_logger
 from tasks.runners import describe, submit_all, task_runner
@@ -51,6 +55,14 @@ def _applies(name: str, architecture: str, mode: Mode | str) -> bool:
     if architecture == "word2vec" and mode.layered:
         return False
     return not (name.endswith("+adapt") and mode.name == "scratch")
+
+
+def at_points(model: ModelRef, mode: Mode | str) -> list[ModelRef]:
+    """The model, then its pretraining points (`pretrain.points`) in step order. Scratch does
+    not depend on the point (the same architecture, randomly initialised): the model only."""
+    if parse_mode(mode).name == "scratch":
+        return [model]
+    return [model, *point_models(model)]
 
 
 def compared_models(
@@ -85,7 +97,7 @@ def run_cells(spec: Spec, jobs: list[CellJob]) -> list[dict[str, Any]]:
     log = stage_logger()
     log.info(f"{len(todo)} transfer cell(s) to run on {describe(spec.compute)} "
              f"({len(results)} stored)")
-    needs = {(jobs[i].cell.family, jobs[i].data.name): jobs[i] for i in todo
+    needs = {(jobs[i].model.model_key, jobs[i].data.name): jobs[i] for i in todo
              if reads_features(jobs[i].cell.mode)}
 
     def done(n: int, found: Any) -> None:
@@ -137,8 +149,9 @@ def transfer(spec: Spec, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 parent = choose_parent(pretrained | imported, name)
                 task_models[f"{name}+adapt"] = adapt_model(spec, data, name, parent)
         architectures = {name: model.architecture for name, model in task_models.items()}
-        jobs += [cell_job(spec, data, task_models[cell.family], cell)
-                 for cell in sweep_cells(spec, task_spec, architectures)]
+        jobs += [cell_job(spec, data, ref, cell)
+                 for cell in sweep_cells(spec, task_spec, architectures)
+                 for ref in at_points(task_models[cell.family], cell.mode)]  # None: final model
         if data.kind == "wic":
             runs += [run_polysemy(spec, data, name, model) for name, model in task_models.items()]
         if task_spec.name in sweep.probe_tasks:

@@ -28,6 +28,7 @@ Relations (views only exist when their files do; MLflow tables whenever MLflow w
                 (`storage.scores`: mean over seeds, each at the rate it chose on dev), joined
                 result rows -> transfer run -> pretrain run -> version; `headline` is the
                 rows' own flag (the task's headline metric, as the transfer stage judged it)
+  point_scores, break_even, label_equivalents   pretraining points (`storage.catalog_points`)
   catalog_info  when and from where this catalog was built
   remote_corpus, remote_tokens, remote_results   the complete outputs of the store's mirror
                 (storage.remote), as Arrow datasets registered for the queries that name them
@@ -75,6 +76,7 @@ from storage.catalog_mlflow import (
     resolve_tracking_uri,
     sqlite_metric_points,
 )
+from storage.catalog_points import POINT_SCORES_SQL, reading_views
 from storage.layout import Layout
 from storage.remote import store_mirror
 from storage.scores import cell_stats, chosen_rows, labelled_tasks
@@ -110,7 +112,8 @@ with scored as (
     select mv.name, mv.version, r.*
     from ({labelled_tasks("results")}) r
     join runs t on t.run_id = r.run_id
-    join model_versions mv on mv.run_id = t.pretrain_run_id
+    join model_versions mv on mv.run_id = t.pretrain_run_id and mv.tags['point'] is null
+    where r.point is null  -- pretraining points share the run: theirs are in point_scores
 ),
 {chosen_rows("scored", VERSION)},
 cells as ({cell_stats("chosen", (*VERSION, "metric", "headline"))})
@@ -136,6 +139,7 @@ class Contents:
 
 def _collect(layout: Layout, tracking_uri: str | None) -> Contents:
     views = corpus_views(layout) + token_views(layout) + result_views(layout) + audit_views(layout)
+    views += reading_views(layout)
     tables = {"outputs": output_rows(layout), "tokenizers": tokenizer_rows(layout)}
     uri = resolve_tracking_uri(layout, tracking_uri)
     copied, status = mlflow_tables(uri)
@@ -170,6 +174,8 @@ def _build(path: Path, contents: Contents) -> None:
             columns = {row[0] for row in con.execute("describe results").fetchall()}
             if columns >= SCORE_COLUMNS | {"layer"}:  # result rows as tasks/transfer.py writes
                 con.execute(VERSION_SCORES_SQL)
+                if "metrics" in contents.tables and "point" in columns:
+                    con.execute(POINT_SCORES_SQL)
         info = pa.Table.from_pylist([contents.info])
         con.register("_arrow_source", info)
         con.execute("create table catalog_info as select * from _arrow_source")

@@ -26,6 +26,7 @@ from pathlib import Path
 from pretrainlab.config import MLFLOW_DB, store_tracking_uri
 
 MODEL_WEIGHTS = "model"  # models/<family>/<key>/model: what is logged to MLflow and loaded
+MODEL_POINTS = "points"  # models/<family>/<key>/points/<label>/: snapshots (no alias)
 MODEL_WORK = "work"  # models/<family>/<key>/work: checkpoints and the MLflow run id (a resume)
 
 
@@ -147,6 +148,11 @@ class Layout:
     def work_of(model_dir: Path) -> Path:
         """Checkpoints and the run record of a model being trained; kept for a resume."""
         return model_dir / MODEL_WORK
+
+    @staticmethod
+    def points_of(model_dir: Path) -> Path:
+        """`points/<label>/model`: snapshots at pretraining points (`pretrain.points`)."""
+        return model_dir / MODEL_POINTS
 
     @staticmethod
     def run_record_of(model_dir: Path) -> Path:

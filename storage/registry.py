@@ -81,6 +81,7 @@ class ModelRef:
     model_id: str | None = None  # its MLflow logged model (None: registered before they existed)
     summary: Mapping[str, Any] = field(default_factory=dict, compare=False)
     cache_hit: bool = field(default=False, compare=False)
+    point: str | None = None  # a pretraining point's label (a snapshot); None: the final model
 
     def with_hit(self, cache_hit: bool) -> ModelRef:
         return replace(self, cache_hit=cache_hit)
@@ -112,6 +113,7 @@ class ModelRef:
             model_id=data.get("model_id"),
             summary=dict(data.get("summary") or {}),
             cache_hit=bool(data.get("cache_hit", False)),
+            point=data.get("point"),
         )
 
 
@@ -120,12 +122,12 @@ def register(
     run_id: str,
     artifact_path: str,
     tags: dict[str, str],
-    alias: str = CANDIDATE,
+    alias: str | None = CANDIDATE,
     model_id: str | None = None,
     description: str | None = None,
 ) -> RegisteredModel:
-    """Register a new version and point `alias` at it: the logged model `model_id` when given,
-    else the run's artifact directory `artifact_path`."""
+    """Register a new version and point `alias` at it (None: no alias, e.g. a pretraining
+    point): the logged model `model_id` when given, else the run's directory `artifact_path`."""
     client = MlflowClient()
     try:
         client.create_registered_model(name)
@@ -139,7 +141,8 @@ def register(
     version = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=description, model_id=model_id
     )
-    client.set_registered_model_alias(name, alias, version.version)
+    if alias is not None:
+        client.set_registered_model_alias(name, alias, version.version)
     return RegisteredModel(name, str(version.version), run_id, source, dict(tags), model_id)
 
 

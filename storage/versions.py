@@ -110,7 +110,8 @@ def all_versions(store: Path, tracking_uri: str | None = None) -> list[Version]:
 
 
 def list_versions(store: Path, tracking_uri: str | None = None, refresh: bool = True) -> pa.Table:
-    """One row per registered version: aliases, family, creation time, key pretraining numbers."""
+    """One row per registered version: aliases, family, creation time, key pretraining numbers
+    (the run's: a pretraining point's own amount is in its tags), and its `point` if it is one."""
     tracking_uri = tracking_for(store, tracking_uri)
     if refresh:
         catalog.refresh(store, tracking_uri)
@@ -123,7 +124,7 @@ def list_versions(store: Path, tracking_uri: str | None = None, refresh: bool = 
         "mv.tags['family'] as family, mv.creation_time as created, "
         "mv.tags['headline_metric'] as headline_metric, "
         "try_cast(mv.tags['headline_value'] as double) as headline_value, "
-        f"{picks}, mv.run_id "
+        f"{picks}, mv.run_id, mv.tags['point'] as point "
         "from model_versions mv left join metrics_latest m on m.run_id = mv.run_id "
         "group by all order by mv.name, mv.version"
     )

@@ -130,6 +130,8 @@ def run_torchrun(
             "out_dir": str(job.out_dir),
             "budget_tokens": job.budget_tokens,
             "budget_minutes": job.budget_minutes,
+            "points": list(job.points),
+            "points_dir": None if job.points_dir is None else str(job.points_dir),
             "backend": backend(launch),
             "run_id": run_id,
             "tracking_uri": tracking_uri,
@@ -218,6 +220,8 @@ def main(job_file: str) -> None:
         out,
         job["budget_tokens"],
         job["budget_minutes"],
+        tuple(job.get("points") or ()),
+        Path(job["points_dir"]) if job.get("points_dir") else None,
     )
     planned = getattr(spec.pretrain, job["family"]).loop.max_steps
     log = _rank0_logger(job, planned) if rank == 0 else (lambda metrics, step: None)

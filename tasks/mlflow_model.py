@@ -102,9 +102,11 @@ def _depth(n_blocks: int) -> str:
 
 def model_card(
     experiment: str, store: str | Path, name: str, architecture: str, embedder: TextEmbedder,
-    tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str = registry.CANDIDATE,
+    tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str | None = registry.CANDIDATE,
 ) -> str:
-    """The version's description: what it is, what it was trained on, how well, how to use it."""
+    """The version's description: what it is, what it was trained on, how well, how to use it.
+    A pretraining point has no alias: its card loads it by version number."""
+    uri = f"{name}@{alias}" if alias else f"{name}/<this version>"
     n_params = metrics.get("n_params") or sum(p.numel() for p in embedder.encoder.parameters())
     rows = [
         ("family", tags.get("family", architecture)),
@@ -117,6 +119,9 @@ def model_card(
         ("parent", f"{name} v{tags['parent_version']} adapted on {tags.get('adapted_on')}"
          if tags.get("parent_version") else ""),
         ("imported from", tags.get("source_path", "")),
+        ("pretraining point", f"{tags['point']} of the steps: step {tags.get('pretrain_step')}, "
+         f"{tags.get('tokens_seen')} tokens ({tags.get('schedule')})" if tags.get("point")
+         else ""),
         ("training", _training_line(metrics)),
         ("valid loss", _loss_line(metrics) or ""),
         ("headline", f"{tags['headline_metric']} = {_number(metrics.get('headline_value'))}"
@@ -137,13 +142,13 @@ Downstream scores: `pretrainlab models compare {name}` once the transfer stage h
 
 ```python
 import mlflow
-model = mlflow.pyfunc.load_model("models:/{name}@{alias}")
+model = mlflow.pyfunc.load_model("models:/{uri}")
 model.predict({EXAMPLE!r})  # ({len(EXAMPLE)}, {embedder.dim}) embeddings
 model.predict(["a sentence"], params={{"output": "tokens", "layer": 0}})  # per token
 ```
 
 The weights are `{registry.WEIGHTS_PATH}/` of this model (plain files: `from_pretrained`
-loads GPT and BERT). Serve it: `pretrainlab models serve {name}@{alias}`.
+loads GPT and BERT). Serve it: `pretrainlab models serve {uri}`.
 """
 
 
@@ -152,7 +157,7 @@ loads GPT and BERT). Serve it: `pretrainlab models serve {name}@{alias}`.
 
 def publish(
     spec: Spec, name: str, architecture: str, model_dir: Path, tags: Mapping[str, str],
-    metrics: Mapping[str, Any], alias: str = registry.CANDIDATE,
+    metrics: Mapping[str, Any], alias: str | None = registry.CANDIDATE,
 ) -> registry.RegisteredModel:
     """Log `model_dir` as an MLflow Model of the active run, log `metrics` against it (and the
     run), and register it as a new version of `name` described by its model card."""
@@ -162,7 +167,7 @@ def publish(
 
 def _publish(
     experiment: str, store: str | Path, name: str, architecture: str, model_dir: Path,
-    tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str,
+    tags: Mapping[str, str], metrics: Mapping[str, Any], alias: str | None,
 ) -> registry.RegisteredModel:
     run = mlflow.active_run()
     if run is None or model_dir.name != registry.WEIGHTS_DIR:

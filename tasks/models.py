@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 
+from pipelines.training.points import PointInfo, read_points
 from pretrainlab.config import PretrainlabError, Spec
 from storage import registry, tracking
 from storage.atomic import atomic_dir, read_manifest, write_json, write_manifest
@@ -74,11 +75,60 @@ class ModelRun:
     log_spec: bool = False
     version_tags: Callable[[dict[str, Any]], dict[str, str]] = lambda summary: {}
     lineage: dict[str, str] = field(default_factory=dict)  # extra manifest entries
+    points: Path | None = None  # where training kept its pretraining points (snapshots)
+
+
+def _point_tags(info: PointInfo) -> dict[str, str]:
+    """What a point's version says it is (tags and logged-model params alike)."""
+    return {
+        "point": info.point,
+        "pretrain_step": str(info.pretrain_step),
+        "tokens_seen": str(info.tokens_seen),
+        "flops": f"{info.flops:.6g}",
+        "schedule": info.schedule,
+        "cooldown_steps": str(info.cooldown_steps),
+    }
+
+
+def _publish_points(
+    spec: Spec, out: Path, plan: ModelRun, run_id: str
+) -> list[ModelRef]:
+    """Register each kept point as a version of the model's registered name, with NO alias
+    (`candidate` stays on the final model; promotion skips versions tagged `point`)."""
+    if plan.points is None:
+        return []
+    refs = []
+    for info, weights in read_points(plan.points):
+        tags = {**plan.tags, **_point_tags(info)}
+        version = mlflow_model.publish(
+            spec, plan.registered_name, plan.architecture, weights, tags=tags, metrics={},
+            alias=None,
+        )  # fmt: skip
+        if version.model_id:  # not run metrics: those stay the final model's
+            mlflow.log_model_params(_point_tags(info), model_id=version.model_id)
+        refs.append(ModelRef(
+            family=plan.family, architecture=plan.architecture, registered_name=version.name,
+            version=version.version, run_id=run_id, model_key=f"{out.name}@{info.point}",
+            path=weights, tokenizer_id=plan.tokenizer_id, model_id=version.model_id,
+            summary=asdict(info), point=info.point,
+        ))  # fmt: skip
+    return refs
+
+
+def point_models(model: ModelRef) -> list[ModelRef]:
+    """The pretraining points `model`'s directory records (none for most models), each at its
+    path in this store, in step order."""
+    manifest = read_manifest(model.path.parent) or {}
+    points = Layout.points_of(model.path.parent)
+    return [
+        ModelRef.from_dict(entry, Layout.weights_of(points / entry["point"]))
+        for entry in manifest.get("points") or []
+    ]
 
 
 def _train_logged(
     spec: Spec, out: Path, plan: ModelRun, train: Train
-) -> tuple[str, dict, registry.RegisteredModel]:
+) -> tuple[str, dict, registry.RegisteredModel, list[ModelRef]]:
     """Run `train` into `out/model` inside the model's MLflow run; publish it as an MLflow
     Model (weights logged once, metrics on the model, the card as its description)."""
     work, weights = Layout.work_of(out), Layout.weights_of(out)
@@ -112,12 +162,13 @@ def _train_logged(
             metrics={k: v for k, v in summary.items() if k != "resumed_from"},
             alias=plan.alias,
         )
-        return run.info.run_id, summary, version
+        points = _publish_points(spec, out, plan, run.info.run_id)
+        return run.info.run_id, summary, version, points
 
 
 def build_model(spec: Spec, out: Path, plan: ModelRun, train: Train) -> ModelRef:
     """Train (or resume, or import) into `out`, register the version, write the manifest last."""
-    run_id, summary, version = _train_logged(spec, out, plan, train)
+    run_id, summary, version, points = _train_logged(spec, out, plan, train)
     ref = ModelRef(
         family=plan.family,
         architecture=plan.architecture,
@@ -130,5 +181,6 @@ def build_model(spec: Spec, out: Path, plan: ModelRun, train: Train) -> ModelRef
         model_id=version.model_id,
         summary=summary,
     )
-    write_manifest(out, {**ref.manifest(), **plan.lineage})
+    recorded = {"points": [p.manifest() for p in points]} if points else {}
+    write_manifest(out, {**ref.manifest(), **plan.lineage, **recorded})
     return ref

@@ -36,6 +36,7 @@ def config_hash(spec: Spec, family: str) -> str:
     settings: dict[str, Any] = {
         "family": getattr(spec.pretrain, family).model_dump(mode="json"),
         "budget": spec.pretrain.budget.model_dump(mode="json"),
+        "points": spec.pretrain.points,  # snapshots live in the model's directory
     }
     if family == "word2vec":
         settings["min_count"] = spec.tokenizers.word.min_count
@@ -90,6 +91,14 @@ def _metrics_logger(spec: Spec, family: str, planned: int | None = None, label: 
     return log
 
 
+def _amount_tags(summary: dict[str, Any]) -> dict[str, str]:
+    """How much pretraining the final model had, tagged as its points are (break-even axes)."""
+    step = summary.get("steps", summary.get("epochs"))
+    found = {"pretrain_step": step, "tokens_seen": summary.get("tokens_seen")}
+    tags = {k: str(int(v)) for k, v in found.items() if v is not None}
+    return tags | ({"flops": f"{summary['flops']:.6g}"} if summary.get("flops") else {})
+
+
 @task(
     name="pretrain", task_run_name="pretrain-{name}/corpus-{corpus_id:.8}", cache_policy=NO_CACHE
 )
@@ -141,6 +150,8 @@ def _pretrain(
             model_tmp,
             budget.tokens,
             budget.minutes,
+            tuple(spec.pretrain.points),
+            Layout.points_of(out),
         )
         if launch.uses_torchrun(spec, family):  # rank 0 logs into this run
             return launch.run_torchrun(spec, job, run_id, spec.tracking_uri())
@@ -154,9 +165,11 @@ def _pretrain(
         registered_name=registry.registered_name(spec.experiment, name),
         tokenizer_id=tokenizer_id,
         log_spec=True,
+        points=Layout.points_of(out),
         version_tags=lambda summary: {
             "headline_metric": summary["headline_metric"],
             "headline_value": f"{summary['headline_value']}",
+            **_amount_tags(summary),
         },
     )
     model = build_model(spec, out, plan, train)

@@ -66,7 +66,8 @@ def decide(
     if refresh:
         catalog.refresh(store, tracking_uri)
     registered = versions.all_versions(store, tracking_uri)
-    of_name = [v for v in registered if v.name == name]
+    # A pretraining point (tag `point`) is a snapshot for break-even curves, never a candidate.
+    of_name = [v for v in registered if v.name == name and not v.tags.get("point")]
     if not of_name:
         raise versions.VersionError(
             f"{name}: no such registered model; registered: {versions.known(registered)}"

@@ -43,7 +43,7 @@ from storage.layout import Layout
 from storage.registry import ModelRef
 from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
-from tasks.stage import cached_output, content_key, reuse, store_of
+from tasks.stage import Store, cached_output, content_key, reuse, store_of
 from tasks.tracking import open_tracking
 
 # The code that computes a run's rows: editing any of it recomputes them.
@@ -119,10 +119,10 @@ def _rows_hit(path: Path) -> dict[str, Any] | None:
 def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict]) -> dict:
     """The rows keyed `key` of a task: reused when written before, else computed and recorded."""
     store = store_of(spec)
-    predictions = store.layout.prediction(task_name, key)
-    store.sync(predictions)  # the per-item side table travels with its rows, both ways
-    found = cached_output(store, store.layout.result(task_name, key), compute, _rows_hit)
-    store.sync(predictions)
+    path = store.layout.result(task_name, key)
+    store.sync(_predictions_of(store, path))  # the per-item side table travels with its rows
+    found = cached_output(store, path, compute, _rows_hit)
+    store.sync(_predictions_of(store, path))
     return found
 
 
@@ -153,7 +153,8 @@ def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[
 
 def _model_tags(model: ModelRef) -> dict[str, str]:
     tags = {"pretrain_run_id": model.run_id, "model_version": model.version,
-            "registered_name": model.registered_name}
+            "registered_name": model.registered_name,
+            **({"point": model.point} if model.point else {})}
     return {**tags, "model_id": model.model_id} if model.model_id else tags
 
 
@@ -277,8 +278,16 @@ def cell_job(spec: Spec, data: Any, model: ModelRef, cell: Cell) -> CellJob:
 
 
 def stored_cell(spec: Spec, job: CellJob) -> dict[str, Any] | None:
-    """The cell's result file when written before (here, or pulled from the mirror)."""
-    return reuse(store_of(spec), job.path, _rows_hit)
+    """The cell's result file when written before (here, or pulled from the mirror, with its
+    per-item predictions)."""
+    store = store_of(spec)
+    store.sync(_predictions_of(store, job.path))
+    return reuse(store, job.path, _rows_hit)
+
+
+def _predictions_of(store: Store, result: Path) -> Path:
+    """The per-item predictions side table of the run whose rows are `result`."""
+    return store.layout.prediction(result.parent.name, result.stem)
 
 
 def reads_features(mode: str) -> bool:
@@ -343,14 +352,15 @@ def train_cell(spec: Spec, data: task_data_lib.TaskData, model: ModelRef,
             "converged": str(best.converged), "train_examples": str(len(train)),
             **_model_tags(model)}
     base = _base(data, family=cell.family, model_version=model.version, mode=cell.mode,
-                 budget=str(cell.budget), seed=cell.seed, lr=best_lr)
+                 budget=str(cell.budget), seed=cell.seed, lr=best_lr, point=model.point)
+    at = f"@{model.point}" if model.point else ""  # a pretraining point, not the final model
     summary = (
-        f"{cell.label()}: lr {best_lr:g}, test {headline} "
+        f"{cell.label()}{at}: lr {best_lr:g}, test {headline} "
         f"{best.test.get(headline, float('nan')):.3f} after {best.steps} steps"
         f"{'' if best.converged else ' (still improving)'} in "
         f"{time.perf_counter() - started:.1f}s"
     )
-    run_name = f"{cell.family}-{cell.mode}/{cell.task}-b{cell.budget}-s{cell.seed}"
+    run_name = f"{cell.family}{at}-{cell.mode}/{cell.task}-b{cell.budget}-s{cell.seed}"
     return CellResult(run_name, tags, points, base, items, best.test_predictions, summary)
 
 
@@ -359,7 +369,9 @@ def record_cell(spec: Spec, job: CellJob, found: CellResult) -> dict[str, Any]:
     the tracking store or result files), pushed to the mirror."""
     result = _record(spec, job.data, found.run_name, found.tags, found.points, found.base,
                      found.items, job.path, found.predictions)
-    store_of(spec).sync(job.path)
+    store = store_of(spec)
+    store.sync(_predictions_of(store, job.path))
+    store.sync(job.path)
     return result
 
 

@@ -279,13 +279,15 @@ def train_word2vec(
     budget_minutes: float | None = None,
     stop_after_epoch: int | None = None,
     valid: Iterable[list[str]] = (),
+    on_epoch: Callable[[KeyedVectors, Word2VecResult], None] | None = None,
 ) -> tuple[KeyedVectors, Word2VecResult]:
     """Train (or resume from the latest epoch checkpoint) and return the vectors + stats.
 
     `sentences` must be restartable (a list, or `ShardSentences`). `log(metrics, epoch)` gets
     each epoch's loss, loss per word, words/s and learning rate. `stop_after_epoch` is a test
     hook: return after that epoch's checkpoint, as if killed. `valid` sentences give the
-    result's held-out `valid_loss_per_word`.
+    result's held-out `valid_loss_per_word`. `on_epoch(vectors, stats so far)` runs after each
+    epoch's checkpoint (pretraining points are kept there).
     """
     checkpoint_dir = Path(checkpoint_dir)
     restored = load_checkpoint(checkpoint_dir, spec, min_count)
@@ -343,6 +345,8 @@ def train_word2vec(
                 },
                 state.epochs_done,
             )
+        if on_epoch is not None:
+            on_epoch(model.wv, _result(state, len(model.wv), reason, resumed_from))
         if stop_after_epoch is not None and state.epochs_done >= stop_after_epoch:
             reason = "stop_after_epoch"
             break

@@ -1,7 +1,8 @@
 """The transfer report: what pretraining was worth in this run, read from the catalog alone.
 
 `build_report` is the entry: it opens the catalog (`scores`), draws the eight sections
-(`sections_scores`, `sections_layers`), judges the claims on the findings the sections computed
+(`sections_scores`, `sections_layers`) and the break-even and label-equivalent readings of
+pretraining points (`sections_points`), judges the claims on the findings the sections computed
 (`claims`, by the paired rule of `stats.RULE`), adds the table of every claim's paired cells,
 and writes report.md, report.html and the PNGs (`render`), the rules printed verbatim on top.
 Each claim gets one line with its outcome and the numbers, and a pilot line; every neural
@@ -33,6 +34,7 @@ from pipelines.report.sections_layers import (
     section_modes,
     section_polysemy,
 )
+from pipelines.report.sections_points import section_break_even, section_label_equivalents
 from pipelines.report.sections_probes import best_layers, section_audit, section_probes
 from pipelines.report.sections_scores import (
     section_budget,
@@ -106,6 +108,7 @@ def _build(data: Data, out_dir: Path, title: str) -> ReportResult:
     )
     claims = all_claims(data, found)
     sections.append(section_cells(claims))
+    sections += [section_break_even(data, plots, out_dir), section_label_equivalents(data, out_dir)]
     audit, warnings = section_audit(data)
     sections.append(audit)
     if warnings:  # read before anything else: these tasks' scores may measure memory

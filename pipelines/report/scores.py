@@ -39,9 +39,12 @@ RELATIONS = (
 # `model` is the family, or family@model_version when a family has several versions (ablations);
 # `task` is the task, or task [fingerprint] when rows of several task settings exist (so they
 # never pool); `chosen` keeps, per (task, model, mode, budget, seed), the rate best on dev.
+# Only the final models' rows (`point` null): a family's pretraining points are the break-even
+# section's (`sections_points`), so every other section sees one model per family.
 CELL = ("task", "model", "mode", "b")
 BASE = f"""
-with labelled as ({labelled_tasks("results")}),
+with final as (select * from results where point is null),
+labelled as ({labelled_tasks("final")}),
 versions as (
     select family, count(distinct model_version) as n from labelled group by family),
 res as (
@@ -236,6 +239,11 @@ def _scope_to_experiment(con: duckdb.DuckDBPyConnection, experiment: str) -> Non
         f'create temp view results as select * from "{db}".main.results '
         "where run_id in (select run_id from runs)"
     )
+    if "point_scores" in present:
+        con.sql(
+            f'create temp view point_scores as select * from "{db}".main.point_scores '
+            "where run_id in (select run_id from runs)"
+        )
 
 
 class Data:

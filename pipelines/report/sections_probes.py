@@ -142,7 +142,7 @@ AUDIT = (
 def section_audit(data: Data) -> tuple[Section, list[str]]:
     """The audit table, and the warning lines (a share above `audit.warn_share`) that the
     report also puts at its top."""
-    sec = Section("10. Contamination audit (test examples in the pretraining corpus)")
+    sec = Section("12. Contamination audit (test examples in the pretraining corpus)")
     if not data.has("contamination"):
         sec.text("Skipped: no audit rows (the transfer stage audits each task once its corpus "
                  "is ingested; `audit.enabled`).")  # fmt: skip

@@ -2,10 +2,12 @@
 
 A family plugs in through an `Objective`: it makes batches as a pure function of
 (seed, step, micro, rank) and computes the loss. The loop owns everything else: AdamW, the
-warmup + cosine schedule (`lr_at`), gradient clipping and accumulation, device and bf16
-autocast, optional `torch.compile`, metrics every `log_every` steps, a valid pass every
-`eval_every` steps, atomic checkpoints (every `checkpoint_every` steps, on SIGTERM and Ctrl-C)
-and exact resume, budgets in tokens or minutes, and DDP when torch.distributed is initialised.
+schedule (`schedule.lr_at`: warmup + cosine or warmup-stable-decay), pretraining points
+(snapshots, each annealed on a cooldown branch under WSD: `points`), gradient clipping and
+accumulation, device and bf16 autocast, optional `torch.compile`, metrics every `log_every`
+steps, a valid pass every `eval_every` steps, atomic checkpoints (every `checkpoint_every`
+steps, on SIGTERM and Ctrl-C) and exact resume, budgets in tokens or minutes, and DDP when
+torch.distributed is initialised.
 
 Why resume is exact and cheap: batches are a function of the step (no data position to
 replay) and dropout is reseeded from (seed, step, rank) at every step, so a resumed run draws
@@ -32,6 +34,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data.batches import Batch
+from pipelines.training.points import PointInfo, PointPlan, branch
+from pipelines.training.schedule import cooldown_lrs, lr_at
 from pipelines.training.stop_signals import StopSignals
 from pretrainlab.config import LoopSpec, PretrainlabError
 from storage.atomic import atomic_path
@@ -85,18 +89,6 @@ class TrainResult:
     last_valid_loss: float | None
     stopped_reason: str  # max_steps|budget_tokens|budget_minutes|sigterm|sigint|stop_at_step
     resumed_from: int  # step of the checkpoint this call started from (0 = fresh)
-
-
-def lr_at(step: int, loop: LoopSpec) -> float:
-    """Learning rate for optimizer step `step` (1-based): linear warmup, then cosine decay."""
-    min_lr = loop.lr * loop.min_lr_ratio
-    if step <= loop.warmup_steps:  # 1) warmup: lr/warmup ... lr
-        return loop.lr * step / loop.warmup_steps
-    if step >= loop.max_steps:  # 2) after the schedule: the floor
-        return min_lr
-    # 3) cosine from lr down to min_lr between the end of warmup and max_steps
-    progress = (step - loop.warmup_steps) / (loop.max_steps - loop.warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (loop.lr - min_lr)
 
 
 def seed_everything(seed: int) -> None:
@@ -289,10 +281,12 @@ def train(
     budget_tokens: int | None = None,
     budget_minutes: float | None = None,
     stop_at_step: int | None = None,
+    points: PointPlan | None = None,
 ) -> TrainResult:
     """Train `model` on `objective` from the latest checkpoint in `checkpoint_dir` (if any).
 
     `stop_at_step` is a test hook: checkpoint after that step and return, as if killed.
+    `points`: snapshots to keep on the way (those after a resumed step are taken).
     Under torch.distributed every rank calls this; only rank 0 logs and checkpoints.
     """
     distributed = dist.is_available() and dist.is_initialized()
@@ -365,6 +359,25 @@ def train(
             resumed_from,
         )
 
+    def take_point(step: int) -> None:
+        """Under WSD anneal a branch for the point's cooldown steps (the batches that follow),
+        save it, and come back to the stable phase as it was; under cosine save as is."""
+        assert points is not None
+        tokens = state.tokens_seen
+        lrs = cooldown_lrs(step, loop)
+        with branch(model, optimizer):
+            for i, lr in enumerate(lrs, 1):
+                _, n, _, _ = _train_step(
+                    wrapped, objective, optimizer, loop, step + i, rank, world, device, lr=lr
+                )
+                tokens += n * world  # every rank trains its share of the global batch
+            if rank == 0:
+                info = PointInfo(
+                    points.steps[step], step, tokens, flops_per_token * tokens, len(lrs),
+                    loop.schedule,
+                )  # fmt: skip
+                points.save(model, info)
+
     def budget_reason() -> str | None:
         if budget_tokens is not None and state.tokens_seen >= budget_tokens:
             return "budget_tokens"
@@ -430,6 +443,8 @@ def train(
                 )
                 window = {"loss": 0.0, "steps": 0, "tokens": 0, "time": 0.0}
 
+            if points is not None and step in points.steps:
+                take_point(step)  # before a stop's checkpoint: a resume never skips a point
             if stop:
                 checkpoint()
                 return result(stop_signal.raised or "stop_at_step")
@@ -451,10 +466,12 @@ def _train_step(
     rank: int,
     world: int,
     device: torch.device,
+    lr: float | None = None,
 ) -> tuple[float, int, float, dict[str, float]]:
-    """One optimizer step over `grad_accum` micro-batches; returns loss, tokens, grad norm."""
+    """One optimizer step over `grad_accum` micro-batches; returns loss, tokens, grad norm.
+    `lr` overrides the schedule's rate (a point's cooldown branch)."""
     _reseed(_step_seed(loop.seed, step, rank), device)  # dropout masks = f(seed, step, rank)
-    lr = lr_at(step, loop)
+    lr = lr_at(step, loop) if lr is None else lr
     for group in optimizer.param_groups:
         group["lr"] = lr
     n_micro = loop.grad_accum

@@ -24,16 +24,18 @@ import pipelines.models.word2vec as word2vec
 import pipelines.models.word2vec_eval as word2vec_eval
 import pipelines.models.word2vec_vocab as word2vec_vocab
 import pipelines.training.loop as training
+import pipelines.training.points as points_lib
+import pipelines.training.schedule as schedule
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 
 # The code that computes each family's weights: editing any of it invalidates cached models.
 CODE: dict[str, list[ModuleType]] = per_family(
     {
-        "word2vec": [word2vec, word2vec_vocab, word2vec_eval],
-        "elmo": [elmo, elmo_data, training, lm_data],
-        "gpt": [gpt, training, lm_data],
-        "bert": [bert, bert_data, masking, training, lm_data],
+        "word2vec": [word2vec, word2vec_vocab, word2vec_eval, schedule, points_lib],
+        "elmo": [elmo, elmo_data, training, schedule, points_lib, lm_data],
+        "gpt": [gpt, training, schedule, points_lib, lm_data],
+        "bert": [bert, bert_data, masking, training, schedule, points_lib, lm_data],
     },
     "pretraining.CODE",
 )
@@ -53,6 +55,24 @@ class PretrainJob:
     out_dir: Path  # the final model: weights + tokenizer/
     budget_tokens: int | None = None
     budget_minutes: float | None = None
+    points: tuple[float, ...] = ()  # pretrain.points: shares of the steps (word2vec: epochs)
+    points_dir: Path | None = None  # where their snapshots go (points.write_point)
+
+
+SaveFn = Callable[[Any, Path], None]  # (model, directory) -> the family's saved model there
+
+
+def _plan(job: PretrainJob, total: int, save: SaveFn) -> points_lib.PointPlan | None:
+    """The snapshots `job` keeps at its points of `total` steps, each saved by `save`."""
+    steps = schedule.point_steps(list(job.points), total)
+    if not steps or job.points_dir is None:
+        return None
+    points_dir = job.points_dir
+
+    def keep(model: Any, info: points_lib.PointInfo) -> None:
+        points_lib.write_point(points_dir, info, lambda tmp: save(model, tmp))
+
+    return points_lib.PointPlan(steps, keep)
 
 
 def _lm_summary(result: training.TrainResult, entropy: float, n_params: int) -> dict[str, Any]:
@@ -80,7 +100,13 @@ def _n_params(model: Any) -> int:
 
 
 def _train(
-    model: Any, objective: Any, loop: Any, job: PretrainJob, log: LogFn, stop_at_step: int | None
+    model: Any,
+    objective: Any,
+    loop: Any,
+    job: PretrainJob,
+    log: LogFn,
+    stop_at_step: int | None,
+    save: SaveFn,
 ) -> training.TrainResult:
     return training.train(
         model,
@@ -91,6 +117,7 @@ def _train(
         budget_tokens=job.budget_tokens,
         budget_minutes=job.budget_minutes,
         stop_at_step=stop_at_step,
+        points=_plan(job, loop.max_steps, save),
     )
 
 
@@ -107,8 +134,12 @@ def _gpt(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> 
         cache_dir=job.work_dir / "data",
         vocab_size=len(tok),
     )
-    result = _train(model, objective, loop, job, log, stop_at_step)
-    gpt.save_gpt(model, job.tokenizer_dir, job.out_dir)
+
+    def save(m: Any, out: Path) -> None:
+        gpt.save_gpt(m, job.tokenizer_dir, out)
+
+    result = _train(model, objective, loop, job, log, stop_at_step, save)
+    save(model, job.out_dir)
     entropy = lm_data.unigram_entropy(job.tokens_dir, "valid", len(tok), tok.eos_token_id)
     return _lm_summary(result, entropy, _n_params(model))
 
@@ -126,8 +157,12 @@ def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
         latest.update(metrics)
         log(metrics, step)
 
-    result = _train(model, objective, loop, job, remember, stop_at_step)
-    bert.save_bert(model, job.tokenizer_dir, job.out_dir)
+
+    def save(m: Any, out: Path) -> None:
+        bert.save_bert(m, job.tokenizer_dir, out)
+
+    result = _train(model, objective, loop, job, remember, stop_at_step, save)
+    save(model, job.out_dir)
     summary = _lm_summary(
         result, lm_data.unigram_entropy(job.tokens_dir, "valid", vocab.size), _n_params(model)
     )
@@ -157,12 +192,48 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
         loop.seed,
         cache_dir=job.work_dir / "data",
     )
-    result = _train(model, objective, loop, job, log, stop_at_step)
-    elmo.save_elmo(model, job.out_dir)
-    ship_tokenizer(job.tokenizer_dir, job.out_dir)
+
+    def save(m: Any, out: Path) -> None:
+        elmo.save_elmo(m, out)
+        ship_tokenizer(job.tokenizer_dir, out)
+
+    result = _train(model, objective, loop, job, log, stop_at_step, save)
+    save(model, job.out_dir)
     # The loss is the mean of the two directions' NLL: per token, like the unigram entropy.
     summary = _lm_summary(result, objective.unigram_entropy(), _n_params(model))
     return summary
+
+
+def _word2vec_flops(spec: Spec, trained_words: int) -> float:
+    section = spec.pretrain.word2vec
+    return 6 * section.vector_size * (section.negative + 1) * 2 * section.window * trained_words
+
+
+def _word2vec_points(spec: Spec, job: PretrainJob) -> Callable[[Any, Any], None] | None:
+    """Keep word2vec's points after their epochs: its rate decays linearly over all epochs,
+    so a point is a mid-schedule snapshot (no cooldown: the report says so)."""
+    points_dir = job.points_dir
+    if not job.points or points_dir is None:
+        return None
+
+    def on_epoch(vectors: Any, result: Any) -> None:
+        label = schedule.point_steps(list(job.points), result.epochs_planned).get(
+            result.epochs_done
+        )
+        if label is None:
+            return
+        info = points_lib.PointInfo(
+            label, result.epochs_done, result.raw_words,
+            _word2vec_flops(spec, result.trained_words), 0, "word2vec-linear",
+        )  # fmt: skip
+
+        def save(out: Path) -> None:
+            word2vec.save_vectors(vectors, out, meta={"point": label})
+            ship_tokenizer(job.tokenizer_dir, out)
+
+        points_lib.write_point(points_dir, info, save)
+
+    return on_epoch
 
 
 def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> dict[str, Any]:
@@ -176,18 +247,18 @@ def _word2vec(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None
         budget_words=job.budget_tokens,
         budget_minutes=job.budget_minutes,
         stop_after_epoch=stop_at_step,
+        on_epoch=_word2vec_points(spec, job),
     )
     scores = word2vec_eval.intrinsic_eval(vectors)
     last_loss = result.loss_per_word[-1] if result.loss_per_word else None
     headline, value = word2vec_eval.headline(scores, result.valid_loss_per_word, last_loss)
     word2vec.save_vectors(vectors, job.out_dir, meta={"scores": scores})
     ship_tokenizer(job.tokenizer_dir, job.out_dir)
-    vector_flops = 6 * spec.pretrain.word2vec.vector_size * (spec.pretrain.word2vec.negative + 1)
     return {
         "epochs": result.epochs_done,
         "tokens_seen": result.raw_words,
         "wall_s": result.wall_s,
-        "flops": vector_flops * 2 * spec.pretrain.word2vec.window * result.trained_words,
+        "flops": _word2vec_flops(spec, result.trained_words),
         "words_per_s": result.words_per_s,
         "vocab_size": result.vocab_size,
         "final_epoch_loss_per_word": last_loss,

@@ -30,6 +30,15 @@ class LoopSpec(Strict):
     checkpoint_every: int = Field(50, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="Learning-rate schedule: warmup + cosine, or warmup-stable-decay (constant "
+        "after warmup, a linear decay over the last `cooldown` share of max_steps): with WSD "
+        "each pretraining point is annealed by its own short cooldown branch.",
+    )
+    cooldown: float = Field(
+        0.1, gt=0, lt=1, description="WSD only: the decay's share of the steps it anneals."
+    )
 
     @model_validator(mode="after")
     def _accum_divides_batch(self) -> LoopSpec:
@@ -169,6 +178,11 @@ class PretrainSpec(Strict):
     )
     budget: BudgetSpec = BudgetSpec()
     launch: LaunchSpec = LaunchSpec()
+    points: list[float] = Field(
+        [], description="Pretraining points kept as tagged snapshots for break-even curves, as "
+        "shares of each family's steps (word2vec: of its epochs), e.g. [0.1, 0.3, 1.0]; 1.0 is "
+        "the final model. Default none: only the final model.",
+    )
     unigram_gap_nats: float = Field(
         0.5, description="Tag an LM run `learned_little` when valid loss is within this of entropy."
     )
@@ -177,6 +191,18 @@ class PretrainSpec(Strict):
     gpt: GPTSpec = GPTSpec()
     bert: BERTSpec = BERTSpec()
 
+
+    @model_validator(mode="after")
+    def _points_are_shares(self) -> PretrainSpec:
+        bad = [p for p in self.points if not 0 < p <= 1]
+        if bad:
+            raise ValueError(
+                f"points {bad}: each point is a share of a family's steps in (0, 1], e.g. "
+                "[0.1, 0.3, 1.0]"
+            )
+        if self.points != sorted(set(self.points)):
+            raise ValueError(f"points {self.points}: list each point once, in ascending order")
+        return self
 
     @model_validator(mode="after")
     def _variants_resolve(self) -> PretrainSpec:

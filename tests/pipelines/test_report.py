@@ -407,8 +407,8 @@ def test_empty_store_skips_every_section(tmp_path: Path) -> None:
     assert result.pngs == []
     assert all(c.verdict == NOT_MEASURED for c in result.claims)
     md = result.markdown_path.read_text()
-    assert md.count("Skipped:") == 10  # 8 sections, the paired cells, the audit
-    assert result.html_path.read_text().count("Skipped:") == 10
+    assert md.count("Skipped:") == 12  # 8 sections, paired cells, break-even, label-eq., audit
+    assert result.html_path.read_text().count("Skipped:") == 12
 
 
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ import json
 import os
 import platform
 import resource
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,12 +40,27 @@ class Row:
     rss_ours_mb: float | None = None
     note: str = ""
     on_ratio: bool = True
+    # Set by `Repeats.fill`: the median of per-pair ratios over interleaved repeats, its spread.
+    median_ratio: float | None = None
+    ratio_min: float | None = None
+    ratio_max: float | None = None
+    repeats: int | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.median_ratio is not None:
+            return self.median_ratio
         if self.bare is None or self.ours is None or self.bare == 0:
             return None
         return self.ours / self.bare
+
+    def ratio_text(self) -> str:
+        """`0.97 (0.91-1.02, n=5)`: the median ratio and the min-max of the repeats."""
+        if self.ratio is None:
+            return "-"
+        if self.median_ratio is None or self.ratio_min is None or self.ratio_max is None:
+            return f"{self.ratio:.2f}"
+        return f"{self.ratio:.2f} ({self.ratio_min:.2f}-{self.ratio_max:.2f}, n={self.repeats})"
 
     @property
     def measured(self) -> float | None:
@@ -61,6 +78,55 @@ class Row:
         if not self.goal_op:
             return "-"
         return f"{self.goal_op} {self.goal:g}" + ("" if self.on_ratio else f" {self.unit}")
+
+
+# ----------------------------------------------------------------------------- repeats
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """Throughputs of interleaved repeats: bare[i] and ours[i] ran back to back, so their
+    ratio is the fair one on a machine whose load drifts; the median ratio is the figure."""
+
+    bare: list[float]
+    ours: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        return [o / b for b, o in zip(self.bare, self.ours, strict=True) if b > 0]
+
+    @property
+    def median_ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    def fill(self, row: Row) -> Row:
+        """`row` with the median throughputs, the median ratio and its min-max spread."""
+        ratios = self.ratios
+        row.bare, row.ours = statistics.median(self.bare), statistics.median(self.ours)
+        row.median_ratio, row.ratio_min, row.ratio_max = (
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
+        row.repeats = len(ratios)
+        return row
+
+
+def interleaved(
+    bare: Callable[[], float],
+    ours: Callable[[], float],
+    repeats: int,
+    before: Callable[[], None] = lambda: None,
+) -> Repeats:
+    """Run bare, ours, bare, ours, ... `repeats` times each; each call returns its throughput.
+
+    `before()` runs ahead of every call, untimed (e.g. a peak-RSS reset)."""
+    got = Repeats([], [])
+    for _ in range(repeats):
+        for run, into in ((bare, got.bare), (ours, got.ours)):
+            before()
+            into.append(run())
+    return got
 
 
 def write_rows(rows: list[Row], path: Path) -> None:
@@ -166,8 +232,11 @@ def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: 
         "end: the machine is shared, so wall-clock figures carry that noise; each benchmark runs "
         "its contenders interleaved in one run so a busy spell hits both.",
         "",
-        "Ratio = pretrainlab / bare library (both throughputs: higher is better). "
-        "Peak RSS is each contender's own peak (bare / pretrainlab).",
+        "Ratio = pretrainlab / bare library (both throughputs: higher is better). Where a ratio "
+        "shows (min-max, n=N) it is the median of N per-pair ratios of interleaved repeats "
+        "(bare, pretrainlab, bare, pretrainlab, ...), each pair run back to back, and the two "
+        "throughput columns are the medians. Peak RSS is each contender's own peak "
+        "(bare / pretrainlab).",
         "",
         "| benchmark | unit | bare library | pretrainlab | ratio | goal | met | "
         "peak RSS MB | notes |",
@@ -175,9 +244,9 @@ def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: 
     ]
     for row in rows:
         met = {True: "yes", False: "**no**", None: "n/a" if row.goal_op else "-"}[row.met]
-        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
         lines.append(
-            f"| {row.benchmark} | {row.unit} | {_num(row.bare)} | {_num(row.ours)} | {ratio} | "
+            f"| {row.benchmark} | {row.unit} | {_num(row.bare)} | {_num(row.ours)} | "
+            f"{row.ratio_text()} | "
             f"{row.goal_text()} | {met} | {_rss(row)} | {row.note.replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"

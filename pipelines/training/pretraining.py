@@ -24,6 +24,7 @@ import pipelines.models.word2vec as word2vec
 import pipelines.models.word2vec_eval as word2vec_eval
 import pipelines.models.word2vec_vocab as word2vec_vocab
 import pipelines.training.loop as training
+import pipelines.training.precision as precision
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 
@@ -31,9 +32,9 @@ from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 CODE: dict[str, list[ModuleType]] = per_family(
     {
         "word2vec": [word2vec, word2vec_vocab, word2vec_eval],
-        "elmo": [elmo, elmo_data, training, lm_data],
-        "gpt": [gpt, training, lm_data],
-        "bert": [bert, bert_data, masking, training, lm_data],
+        "elmo": [elmo, elmo_data, training, precision, lm_data],
+        "gpt": [gpt, training, precision, lm_data],
+        "bert": [bert, bert_data, masking, training, precision, lm_data],
     },
     "pretraining.CODE",
 )
@@ -79,18 +80,33 @@ def _n_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def cpu_autocast(spec: Spec, family: str) -> bool:
+    """Whether `family` pretrains in bf16 autocast on the CPU here (`compute.cpu_autocast`);
+    word2vec (gensim) and training on CUDA (always bf16) never do."""
+    if family == "word2vec":
+        return False
+    device = training.pick_device(getattr(spec.pretrain, family).loop)
+    return precision.cpu_autocast_active(spec.compute.cpu_autocast, device)
+
+
 def _train(
-    model: Any, objective: Any, loop: Any, job: PretrainJob, log: LogFn, stop_at_step: int | None
+    model: Any,
+    objective: Any,
+    spec: Spec,
+    job: PretrainJob,
+    log: LogFn,
+    stop_at_step: int | None,
 ) -> training.TrainResult:
     return training.train(
         model,
         objective,
-        loop,
+        getattr(spec.pretrain, job.family).loop,
         job.work_dir / "checkpoints",
         log,
         budget_tokens=job.budget_tokens,
         budget_minutes=job.budget_minutes,
         stop_at_step=stop_at_step,
+        cpu_autocast=cpu_autocast(spec, job.family),
     )
 
 
@@ -107,7 +123,7 @@ def _gpt(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> 
         cache_dir=job.work_dir / "data",
         vocab_size=len(tok),
     )
-    result = _train(model, objective, loop, job, log, stop_at_step)
+    result = _train(model, objective, spec, job, log, stop_at_step)
     gpt.save_gpt(model, job.tokenizer_dir, job.out_dir)
     entropy = lm_data.unigram_entropy(job.tokens_dir, "valid", len(tok), tok.eos_token_id)
     return _lm_summary(result, entropy, _n_params(model))
@@ -126,7 +142,7 @@ def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
         latest.update(metrics)
         log(metrics, step)
 
-    result = _train(model, objective, loop, job, remember, stop_at_step)
+    result = _train(model, objective, spec, job, remember, stop_at_step)
     bert.save_bert(model, job.tokenizer_dir, job.out_dir)
     summary = _lm_summary(
         result, lm_data.unigram_entropy(job.tokens_dir, "valid", vocab.size), _n_params(model)
@@ -157,7 +173,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
         loop.seed,
         cache_dir=job.work_dir / "data",
     )
-    result = _train(model, objective, loop, job, log, stop_at_step)
+    result = _train(model, objective, spec, job, log, stop_at_step)
     elmo.save_elmo(model, job.out_dir)
     ship_tokenizer(job.tokenizer_dir, job.out_dir)
     # The loss is the mean of the two directions' NLL: per token, like the unigram entropy.

@@ -77,7 +77,8 @@ class RaySpec(Strict):
 
 
 class ComputeSpec(Strict):
-    """Where per-shard tasks (encoding) run: a thread pool here, or a Dask or Ray cluster."""
+    """Where per-shard tasks (encoding) run: a thread pool here, or a Dask or Ray cluster; and
+    whether CPU pretraining uses bf16 autocast."""
 
     runner: Literal["thread", "dask", "ray"] = Field(
         "thread", description="thread | dask (prefect-dask) | ray (needs: pip install prefect-ray)."
@@ -87,6 +88,11 @@ class ComputeSpec(Strict):
     )
     dask: DaskSpec = DaskSpec()
     ray: RaySpec = RaySpec()
+    cpu_autocast: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast when pretraining on the CPU: auto = where the CPU has native "
+        "bf16 (AVX-512 BF16 / AMX); on; off. CUDA always trains in bf16 autocast.",
+    )
 
 
 class PromoteSpec(Strict):

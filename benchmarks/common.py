@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-NA_NO_GPU = "n/a (no GPU)"
+NA_NO_GPU = "n/a (no GPU here)"
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Row:
     ratio_min: float | None = None
     ratio_max: float | None = None
     repeats: int | None = None
+    mfu: float | None = None  # pretraining: model FLOPs/s over the measured (or datasheet) peak
 
     @property
     def ratio(self) -> float | None:
@@ -219,6 +220,10 @@ def _rss(row: Row) -> str:
     return f"{bare} / {ours}"
 
 
+def _mfu(row: Row) -> str:
+    return f"{row.mfu:.1%}" if row.mfu is not None else "-"
+
+
 def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: float) -> str:
     """RESULTS.md: the machine, then one table row per `Row`."""
     gpu = before["gpu"] or "no GPU"
@@ -238,16 +243,17 @@ def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: 
         "throughput columns are the medians. Peak RSS is each contender's own peak "
         "(bare / pretrainlab).",
         "",
-        "| benchmark | unit | bare library | pretrainlab | ratio | goal | met | "
+        "| benchmark | unit | bare library | pretrainlab | ratio | goal | met | MFU | "
         "peak RSS MB | notes |",
-        "|---|---|---:|---:|---:|---|---|---:|---|",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---|",
     ]
     for row in rows:
         met = {True: "yes", False: "**no**", None: "n/a" if row.goal_op else "-"}[row.met]
         lines.append(
             f"| {row.benchmark} | {row.unit} | {_num(row.bare)} | {_num(row.ours)} | "
             f"{row.ratio_text()} | "
-            f"{row.goal_text()} | {met} | {_rss(row)} | {row.note.replace('|', '/')} |"
+            f"{row.goal_text()} | {met} | {_mfu(row)} | {_rss(row)} | "
+            f"{row.note.replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -43,13 +43,13 @@ BENCHES = (
         "pretrain (CPU)",
         "benchmarks.pretrain",
         ("--preset", "cpu", "--device", "cpu"),
-        ("--preset", "tiny", "--device", "cpu", "--steps", "10", "--rounds", "1", "--mb", "0.5"),
+        ("--preset", "tiny", "--device", "cpu", "--steps", "10", "--repeats", "5", "--mb", "0.5"),
     ),
     Bench(
         "transfer",
         "benchmarks.transfer",
         ("--preset", "cpu"),
-        ("--preset", "tiny", "--rounds", "1"),
+        ("--preset", "tiny", "--repeats", "5"),
     ),
     Bench("re-run", "benchmarks.rerun", ("--runs", "2"), ("--runs", "2")),
     Bench("start-up", "benchmarks.startup", ("--runs", "3"), ("--runs", "1")),
@@ -64,7 +64,19 @@ GPU_BENCH = Bench(
     "pretrain (GPU)",
     "benchmarks.pretrain",
     ("--preset", "gpu", "--device", "cuda", "--families", "gpt", "bert"),
-    ("--preset", "gpu", "--device", "cuda", "--families", "gpt", "bert", "--steps", "10"),
+    (
+        "--preset",
+        "gpu",
+        "--device",
+        "cuda",
+        "--families",
+        "gpt",
+        "bert",
+        "--steps",
+        "10",
+        "--repeats",
+        "5",
+    ),
 )
 GPU_ROWS = {"gpt": "GPT-2 small, 124M params", "bert": "BERT-base, 110M params"}
 

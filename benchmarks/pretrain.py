@@ -16,8 +16,10 @@ median of the per-pair ratios loop / bare, with their min-max (goal >= 0.9; the 
 0.95). On CPU a run's figure is its median step (a step another job slowed counts as one step,
 not as the run); on CUDA steps are queued asynchronously, so the synchronised window counts.
 Tokens per CPU-second (process time, all threads) are reported too. MFU = flops_per_token x
-tokens/s over the peak: on the CPU the matmul peak measured by benchmarks/peak.py in the
-row's precision at the same thread count; on CUDA the card's dense bf16 datasheet peak.
+tokens/s over the peak: on the CPU tokens per CPU-second x threads over the matmul peak
+measured by benchmarks/peak.py in the row's precision at the same thread count (both by CPU
+time, so another job's share of a shared machine counts in neither); on CUDA wall-clock
+tokens/s over the card's dense bf16 datasheet peak.
 
 Token shards come from real text (gensim's Wikipedia sample and Lee news, repeated to `--mb`
 MB) through the real stages: a tokenizer trained per kind, `encode_corpus`. Each family's row
@@ -342,8 +344,13 @@ def torch_row(
     got = interleaved(contender("bare"), contender("loop"), args.repeats)
     cpu = Repeats(cpu_rates["bare"], cpu_rates["loop"]).median_ratio
     loop_rate = statistics.median(got.ours)
-    mfu = flops_per_token * loop_rate / peak if peak else None
     cuda = device.type == "cuda"
+    # CPU: tokens per CPU-second per thread, as the peak is (a shared machine's wall clock
+    # counts other jobs' time); CUDA: wall-clock tokens/s.
+    busy_rate = (
+        loop_rate if cuda else statistics.median(cpu_rates["loop"]) * torch.get_num_threads()
+    )
+    mfu = flops_per_token * busy_rate / peak if peak else None
     where = torch.cuda.get_device_name(device) if cuda else "CPU"
     precision = "bf16" if bf16 or cuda else "fp32"
     n_params = sum(p.numel() for p in setup.make_model().parameters())
@@ -352,9 +359,9 @@ def torch_row(
     if cuda:
         note += f"; bf16 autocast, fused AdamW; MFU of {where}'s dense bf16 datasheet peak"
     elif bf16:
-        note += "; bf16 autocast (compute.cpu_autocast), MFU of the measured bf16 matmul peak"
+        note += "; bf16 autocast (compute.cpu_autocast); MFU by CPU time of the bf16 matmul peak"
     else:
-        note += "; MFU of the measured fp32 matmul peak"
+        note += "; MFU by CPU time of the fp32 matmul peak"
     if fp32 is not None:
         note += f"; {loop_rate / fp32.loop_tokens_per_s:.2f}x the fp32 row's tokens/s"
     name = f"pretrain {row.family}"

@@ -3,11 +3,14 @@
 Run:  .venv/bin/python -m benchmarks.suite [--quick] [--out benchmarks/RESULTS.md]   (make bench)
 
 Each benchmark runs the bare library and pretrainlab on the same work and reports rows (see
-benchmarks/common.py); a fresh process per benchmark keeps peak RSS figures apart. `--quick`
-runs every benchmark at a smoke-test size (a minute or two; figures are not meaningful). The
-GPU rows (>=100M-parameter GPT and BERT, bf16) run only when CUDA is visible and say
-"n/a (no GPU)" otherwise. A benchmark that fails gives a row saying so, and the suite exits 1
-after writing the table.
+benchmarks/common.py); a fresh process per benchmark keeps peak RSS figures apart. The
+pretraining and transfer ratios are the median of >= 5 interleaved pairs (bare, pretrainlab,
+bare, ...) with their min-max (`benchmarks.common.interleaved`); pretraining rows add MFU
+against the matmul peak measured in the same process (benchmarks/peak.py). `--quick` runs
+every benchmark at a smoke-test size (a few minutes; figures are not meaningful). The GPU rows
+(GPT-2 small and BERT-base sized, bf16 autocast, tokens/s and MFU) run only when CUDA is
+visible and say "n/a (no GPU here)" otherwise. A benchmark that fails gives a row saying so,
+and the suite exits 1 after writing the table.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import NA_NO_GPU, Row, gpu_name, machine, markdown, read_rows
+from benchmarks.common import NA_NO_GPU, Row, gap_lines, gpu_name, machine, markdown, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -123,6 +123,7 @@ def write_table(
     """(Re)write the table; called after every benchmark, so a stopped run leaves its rows."""
     command = "python -m benchmarks.suite" + (" --quick" if args.quick else "")
     text = markdown(rows, before, machine(), command, time.perf_counter() - started)
+    text += gap_lines(rows)
     if args.quick:
         text = text.replace("# Benchmark results", "# Benchmark results (--quick: smoke sizes)")
     if pending:

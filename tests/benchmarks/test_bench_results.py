@@ -13,6 +13,7 @@ from benchmarks.common import (
     Repeats,
     Row,
     current_rss_mb,
+    gap_lines,
     interleaved,
     machine,
     markdown,
@@ -79,6 +80,21 @@ def test_median_ratio_differs_from_the_ratio_of_medians() -> None:
     """Pairs are compared within themselves: a drift in load between pairs cancels."""
     got = Repeats(bare=[10.0, 20.0, 30.0], ours=[9.0, 18.0, 27.0])
     assert got.median_ratio == 0.9
+
+
+def test_every_ratio_under_095_gets_a_line_saying_why() -> None:
+    rows = [
+        Repeats([10.0] * 5, [9.0] * 5).fill(
+            Row("pretrain bert", "tokens/s", None, None, ">=", 0.9)
+        ),
+        Row("transfer gpt: fine-tuning", "examples/s", 10.0, 9.8, ">=", 0.9),  # 0.98: no line
+        Row("a new stage", "MB/s", 10.0, 5.0, ">=", 0.9),
+    ]
+    text = gap_lines(rows)
+    assert "**pretrain bert** (0.90 (0.90-0.90, n=5)): NSP pair sampling" in text
+    assert "fine-tuning" not in text
+    assert "**a new stage** (0.50): no explanation written yet" in text
+    assert gap_lines(rows[1:2]) == ""
 
 
 def test_peak_rss_restarts_per_contender() -> None:

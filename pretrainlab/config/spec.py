@@ -90,8 +90,8 @@ class ComputeSpec(Strict):
     ray: RaySpec = RaySpec()
     cpu_autocast: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="bf16 autocast when pretraining on the CPU: auto = where the CPU has native "
-        "bf16 (AVX-512 BF16 / AMX); on; off. CUDA always trains in bf16 autocast.",
+        description="bf16 autocast when pretraining on the CPU: auto = GPT and BERT where the CPU "
+        "has native bf16 (AVX-512 BF16 / AMX); on (ELMo too); off. CUDA always uses bf16.",
     )
 
 

@@ -50,7 +50,17 @@ def test_the_spec_setting_reaches_torch_families_not_word2vec(setting):
         }
     )
     assert cpu_autocast(spec, "gpt") is (setting == "on")
+    assert cpu_autocast(spec, "elmo") is (setting == "on")
     assert cpu_autocast(spec, "word2vec") is False
+
+
+def test_auto_leaves_elmo_in_fp32_and_follows_the_cpu_for_transformers():
+    spec = spec_from_dict({"corpus": {"sources": [{"dataset": "lee-news"}]}})
+    assert spec.compute.cpu_autocast == "auto"
+    assert cpu_autocast(spec, "elmo") is False  # no oneDNN bf16 LSTM: slower, not faster
+    for family in ("gpt", "bert"):
+        expected = cpu_has_bf16() and not torch.cuda.is_available()
+        assert cpu_autocast(spec, family) is expected
 
 
 def test_a_bad_setting_is_refused():

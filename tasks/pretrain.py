@@ -34,7 +34,7 @@ PROGRESS_KEYS = ("loss", "valid_loss", "tokens_per_s", "words_per_s", "loss_per_
 
 def config_hash(spec: Spec, family: str) -> str:
     """The family's resolved settings plus the shared budget (and word2vec's min_count), and
-    bf16 autocast when it is on (fp32 models keep the keys they had before the setting)."""
+    bf16 autocast when it is on (fp32 settings hash as they did before the setting)."""
     settings: dict[str, Any] = {
         "family": getattr(spec.pretrain, family).model_dump(mode="json"),
         "budget": spec.pretrain.budget.model_dump(mode="json"),

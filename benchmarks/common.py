@@ -263,9 +263,10 @@ def markdown(rows: list[Row], before: dict, after: dict, command: str, seconds: 
 GAPS = {
     "pretrain gpt": "batches are cut from the packed token stream on the fly (the bare loop's "
     "are prebuilt, untimed), dropout is reseeded per step and loss/grad norm are read back each "
-    "step for the NaN check: ~0.3% of a tiny step's CPU, ~0% at the cpu preset (measured); by "
-    "CPU time the ratio is ~1.0, so a wall-clock gap is the shared machine. Worth it: exact "
-    "resume and 1 process = N, because a batch is a pure function of (seed, step).",
+    "step for the NaN check: a fixed cost per step (batch building 0.3% of a tiny fp32 step's "
+    "CPU, ~0% at the cpu preset; measured) that weighs more on a faster step (tiny, bf16). "
+    "Worth it: exact resume and 1 process = N, because a batch is a pure function of (seed, "
+    "step).",
     "pretrain bert": "NSP pair sampling and 80/10/10 masking per step in Python (the bare "
     "loop's batches are prebuilt, untimed): 0.9 ms of CPU a step, 7% of a tiny step, 2% at "
     "the cpu preset (measured). Worth it: batches as a pure function of (seed, step) give exact "
@@ -273,7 +274,8 @@ GAPS = {
     "pretrain word2vec": "one Parquet read of the shards for the vocabulary scan (bare gensim "
     "gets a list in memory, untimed; the epochs now replay it from memory), the race-free "
     "float64 per-job loss tally (gensim's compute_loss is racy), an epoch checkpoint and the "
-    "held-out loss pass. Worth it: a correct loss curve, resume after a kill, a valid score.",
+    "held-out loss pass: fixed costs per run, large where a run lasts seconds (CBOW on a small "
+    "corpus). Worth it: a correct loss curve, resume after a kill, a valid score.",
     "frozen features": "the task-generic input path (items and groups for classify, pair, tag "
     "and WiC; a pooling matmul per layer) around the same forward pass, on a run of ~1 s "
     "where loading dominates; by CPU time 0.94-0.95 at quick sizes. Worth it: one code path "

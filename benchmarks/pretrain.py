@@ -1,32 +1,35 @@
 """Pretraining throughput: the pretrainlab loop (`pipelines.training.loop.train`) vs a bare
-torch loop.
+torch loop, in fp32 and (where the CPU has native bf16, or on CUDA) in bf16 autocast.
 
-Run:  .venv/bin/python -m benchmarks.pretrain [--families gpt] [--preset tiny|cpu|gpu] [--rounds 2]
+Run:  .venv/bin/python -m benchmarks.pretrain [--families gpt] [--preset tiny|cpu|gpu] [--repeats 5]
 
 For each torch family (a row of ROWS) the same model (same seed, same init) trains on the same
 batches, in one run on one machine:
-- baseline: a bare loop (AdamW, the same lr schedule, clipping, bf16 autocast on CUDA) over
+- baseline: a bare loop (AdamW, the same lr schedule, clipping, the same autocast) over
   batches built beforehand and held in memory: building batches is not timed;
 - the loop: `train` as a pipeline calls it (batches made on the fly from the objective,
   per-step NaN check, metrics logged every step, dropout reseeding, budgets, signal checks).
 Both run `--warmup` untimed steps, then `--steps` timed steps; tokens/s is over the timed
-steps only (the loop's final valid pass and checkpoint come after and are not timed). The
-ratio is loop / baseline (goal >= 0.9). Contenders run interleaved for `--rounds` rounds. On
-CPU every step is timed and the fastest decile of steps over all rounds gives tokens/s: a
-machine shared with other jobs slows steps at random (whole runs swing 2x), the fastest steps
-show what each loop costs. Tokens per CPU-second (process time, all threads) are printed
-too. On CUDA steps are queued asynchronously, so the best whole window counts, and the table
-adds MFU: flops_per_token x tokens/s over the card's dense bf16 peak.
+steps only (the loop's final valid pass and checkpoint come after and are not timed).
+Contenders run interleaved, bare, loop, bare, loop, ... `--repeats` times; the ratio is the
+median of the per-pair ratios loop / bare, with their min-max (goal >= 0.9; the issue asks
+0.95). On CPU a run's figure is its median step (a step another job slowed counts as one step,
+not as the run); on CUDA steps are queued asynchronously, so the synchronised window counts.
+Tokens per CPU-second (process time, all threads) are reported too. MFU = flops_per_token x
+tokens/s over the peak: on the CPU tokens per CPU-second x threads over the matmul peak
+measured by benchmarks/peak.py in the row's precision at the same thread count (both by CPU
+time, so another job's share of a shared machine counts in neither); on CUDA wall-clock
+tokens/s over the card's dense bf16 datasheet peak.
 
 Token shards come from real text (gensim's Wikipedia sample and Lee news, repeated to `--mb`
 MB) through the real stages: a tokenizer trained per kind, `encode_corpus`. Each family's row
 builds its model and objective from those shards; add a row to ROWS for a new family.
+word2vec (gensim) is benchmarks/word2vec.py, run from here on the same shards.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import statistics
 import tempfile
@@ -37,12 +40,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import Repeats, interleaved, peak_rss_mb, reset_peak_rss, write_rows
 from benchmarks.common import Row as ResultRow
-from benchmarks.common import peak_rss_mb, reset_peak_rss, write_rows
+from benchmarks.peak import peak_rows, peaks
 from benchmarks.tokenization import real_documents, write_corpus
+from benchmarks.word2vec import word2vec_line, word2vec_result, word2vec_row
 from pipelines.data.encoding import encode_corpus
 from pipelines.data.tokenizer_training import load_raw_tokenizer, save_tokenizer, train_tokenizer
 from pipelines.training.loop import Objective, lr_at, pick_device, train
+from pipelines.training.precision import autocast, cpu_has_bf16
 from pretrainlab.config import BPESpec, GPTSpec, LoopSpec, WordLevelSpec, WordPieceSpec
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -159,82 +165,12 @@ def bert_setup(tokens_dir: Path, tokenizer_dir: Path, workdir: Path, preset: str
 ROWS.append(Row("bert", "wordpiece", bert_setup))
 
 
-def word2vec_row(workdir: Path, megabytes: float, rounds: int, sg: bool = True) -> dict:
-    """word2vec words/s: `train_word2vec_on_shards` vs bare gensim on the same sentences.
-
-    Bare gensim gets the sentences as a list in memory (reading shards is not timed), once
-    with its default bookkeeping (no loss) and once with `compute_loss=True` (the same work as
-    the pipeline, which always tallies the per-epoch loss); the pipeline streams them from the
-    shards every epoch and writes an epoch checkpoint. Each times everything from an untrained
-    model to trained vectors (vocabulary scan included), best of `rounds` interleaved rounds.
-    Goal: ratio >= 0.95.
-    """
-    from gensim.models import Word2Vec
-
-    from pipelines.models.word2vec import train_word2vec_on_shards
-    from pipelines.models.word2vec_vocab import ShardSentences, word_vocab
-    from pretrainlab.config import Word2VecSpec
-
-    tokens_dir, tokenizer_dir = prepare_tokens("wordlevel", workdir, megabytes)
-    vocab, specials = word_vocab(tokenizer_dir)
-    sentences = list(ShardSentences(tokens_dir, vocab, drop_ids=specials))
-    words = sum(len(s) for s in sentences)
-    spec = Word2VecSpec(sg=sg, epochs=5, workers=2)
-    min_count = TOKENIZER_SPECS["wordlevel"].min_count
-
-    def bare(compute_loss: bool) -> None:
-        Word2Vec(
-            sentences,
-            sg=int(sg),
-            vector_size=spec.vector_size,
-            window=spec.window,
-            negative=spec.negative,
-            sample=spec.sample,
-            min_count=min_count,
-            workers=spec.workers,
-            epochs=spec.epochs,
-            seed=spec.seed,
-            compute_loss=compute_loss,
-        )
-
-    def ours() -> None:
-        with tempfile.TemporaryDirectory(dir=workdir) as checkpoints:
-            train_word2vec_on_shards(tokens_dir, tokenizer_dir, spec, min_count, checkpoints)
-
-    contenders = {"bare": lambda: bare(False), "bare_loss": lambda: bare(True), "loop": ours}
-    wall = dict.fromkeys(contenders, 0.0)  # best words/s
-    cpu = dict.fromkeys(contenders, 0.0)  # best words per CPU-second: steadier on a busy box
-    for _ in range(rounds):  # interleaved: a busy spell hits all three
-        for name, run in contenders.items():
-            wall0, cpu0 = _clocks()
-            run()
-            wall1, cpu1 = _clocks()
-            wall[name] = max(wall[name], spec.epochs * words / (wall1 - wall0))
-            cpu[name] = max(cpu[name], spec.epochs * words / (cpu1 - cpu0))
-    return {
-        "mode": "skip-gram" if sg else "cbow",
-        "words": words,
-        **{f"{name}_words_per_s": value for name, value in wall.items()},
-        **{f"{name}_words_per_cpu_s": value for name, value in cpu.items()},
-        "ratio": wall["loop"] / wall["bare"],
-        "ratio_vs_bare_loss": wall["loop"] / wall["bare_loss"],
-        "cpu_ratio": cpu["loop"] / cpu["bare"],
-        "cpu_ratio_vs_bare_loss": cpu["loop"] / cpu["bare_loss"],
-    }
-
-
 # ----------------------------------------------------------------------------- contenders
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 Stamp = tuple[float, float, int]  # wall clock, process CPU time, tokens seen so far
@@ -249,28 +185,28 @@ def _stamp(tokens_seen: int) -> Stamp:
     return (*_clocks(), tokens_seen)
 
 
-def throughput(runs: list[list[Stamp]], per_step: bool) -> tuple[float, float]:
-    """Tokens per wall-second and per CPU-second over the stamped steps of several runs.
+def run_rate(stamps: list[Stamp], per_step: bool) -> tuple[float, float]:
+    """Tokens per wall-second and per CPU-second of one run's stamped steps.
 
-    per_step (CPU): the 90th percentile of the per-step rates over every step of every run,
-    i.e. a step's cost when no other job got in the way. On a shared machine the median swings
-    20-50% between runs at random (measured here), the fastest decile stays within a few %.
-    Otherwise (CUDA: steps are queued asynchronously, only the window ends are synchronised)
-    the best whole window.
+    per_step (CPU): the median step's rates, so a step another job slowed counts as one step,
+    not as the run. Otherwise (CUDA: steps are queued asynchronously, only the window's ends
+    are synchronised) the whole window.
     """
     if per_step:
         walls, cpus = [], []
-        for stamps in runs:
-            for (w0, c0, n0), (w1, c1, n1) in itertools.pairwise(stamps):
-                walls.append((n1 - n0) / (w1 - w0))
-                cpus.append((n1 - n0) / max(c1 - c0, 1e-9))
-        return statistics.quantiles(walls, n=10)[-1], statistics.quantiles(cpus, n=10)[-1]
-    windows = [(s[-1][2] - s[0][2], s[-1][0] - s[0][0], s[-1][1] - s[0][1]) for s in runs]
-    return max(n / w for n, w, _ in windows), max(n / max(c, 1e-9) for n, _, c in windows)
+        for (w0, c0, n0), (w1, c1, n1) in itertools.pairwise(stamps):
+            walls.append((n1 - n0) / (w1 - w0))
+            cpus.append((n1 - n0) / max(c1 - c0, 1e-9))
+        return statistics.median(walls), statistics.median(cpus)
+    (w0, c0, n0), (w1, c1, n1) = stamps[0], stamps[-1]
+    return (n1 - n0) / (w1 - w0), (n1 - n0) / max(c1 - c0, 1e-9)
 
 
-def bare_loop(setup: Setup, warmup: int, steps: int, device: torch.device) -> list[Stamp]:
-    """Stamps after step `warmup` and each later step of a plain torch loop on prebuilt batches."""
+def bare_loop(
+    setup: Setup, warmup: int, steps: int, device: torch.device, bf16: bool
+) -> list[Stamp]:
+    """Stamps after step `warmup` and each later step of a plain torch loop on prebuilt batches
+    (CUDA: after step `warmup` and the last, synchronised)."""
     loop, objective = setup.loop, setup.objective
     n_micro = loop.grad_accum
     batches = [
@@ -296,7 +232,7 @@ def bare_loop(setup: Setup, warmup: int, steps: int, device: torch.device) -> li
         for batch in micro_batches:
             seen += objective.tokens(batch)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with _autocast(device):
+            with autocast(device, bf16):
                 loss, _ = objective.loss(model, batch)
             (loss / n_micro).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
@@ -310,9 +246,10 @@ def bare_loop(setup: Setup, warmup: int, steps: int, device: torch.device) -> li
 
 
 def pretrainlab_loop(
-    setup: Setup, warmup: int, steps: int, workdir: Path, device: torch.device
+    setup: Setup, warmup: int, steps: int, workdir: Path, device: torch.device, bf16: bool
 ) -> tuple[list[Stamp], float]:
-    """Stamps (taken by its log calls, every step) of `train`, and the model's FLOPs/token."""
+    """Stamps (taken by its log calls, every step) of `train`, and the model's FLOPs/token.
+    On CUDA the window's two ends wait for the queued work, as the bare loop's do."""
     loop = setup.loop.model_copy(
         update={
             "device": device.type,
@@ -327,11 +264,13 @@ def pretrainlab_loop(
 
     def log(metrics: dict[str, float], step: int) -> None:
         if "tokens_seen" in metrics and step >= warmup:
+            if step in (warmup, warmup + steps):
+                _sync(device)
             stamps.append(_stamp(int(metrics["tokens_seen"])))
 
     model = setup.make_model()
     with tempfile.TemporaryDirectory(dir=workdir) as checkpoints:
-        train(model, setup.objective, loop, Path(checkpoints), log)
+        train(model, setup.objective, loop, Path(checkpoints), log, cpu_autocast=bf16)
     return stamps, setup.objective.flops_per_token(model)
 
 
@@ -352,89 +291,102 @@ def prepare_tokens(kind: str, workdir: Path, megabytes: float) -> tuple[Path, Pa
     return tokens_dir, tokenizer_dir
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
+def datasheet_peak(device: torch.device) -> float | None:
+    """The card's dense bf16 peak FLOP/s (None for an unknown card)."""
     name = torch.cuda.get_device_name(device)
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
+@dataclass
+class Measured:
+    """What `torch_row` measured of one family in one precision."""
+
+    row: ResultRow
+    loop_tokens_per_s: float
+
+
 def torch_row(
-    row: Row, workdir: Path, args: argparse.Namespace, preset: str, steps: int, device: torch.device
-) -> ResultRow:
-    """Bare loop vs `train` for one torch family: prints the table line, returns the row."""
+    row: Row,
+    workdir: Path,
+    args: argparse.Namespace,
+    device: torch.device,
+    bf16: bool,
+    peak: float | None,
+    fp32: Measured | None = None,
+) -> Measured:
+    """Bare loop vs `train` for one torch family in one precision: prints, returns the row.
+
+    `peak`: the FLOP/s MFU is taken against; `fp32`: the same family's fp32 measurement, for
+    the bf16 row's speed-up."""
     tokens_dir, tokenizer_dir = prepare_tokens(row.tokenizer_kind, workdir, args.mb)
-    setup = row.setup(tokens_dir, tokenizer_dir, workdir, preset)
-    bare_runs: list[list[Stamp]] = []
-    loop_runs: list[list[Stamp]] = []
-    flops_per_token = 0.0
+    setup = row.setup(tokens_dir, tokenizer_dir, workdir, args.preset)
     rss = {"bare": 0.0, "loop": 0.0}
-    for round_ in range(args.rounds):  # interleaved, first one then the other first
-        for contender in ("bare", "loop") if round_ % 2 == 0 else ("loop", "bare"):
+    cpu_rates: dict[str, list[float]] = {"bare": [], "loop": []}
+    flops_per_token = 0.0
+
+    def contender(name: str):
+        def run() -> float:
+            nonlocal flops_per_token
             reset_peak_rss()
-            if contender == "bare":
-                bare_runs.append(bare_loop(setup, args.warmup, steps, device))
+            if name == "bare":
+                stamps = bare_loop(setup, args.warmup, args.steps, device, bf16)
             else:
                 stamps, flops_per_token = pretrainlab_loop(
-                    setup, args.warmup, steps, workdir, device
+                    setup, args.warmup, args.steps, workdir, device, bf16
                 )
-                loop_runs.append(stamps)
-            rss[contender] = max(rss[contender], peak_rss_mb())
-    per_step = device.type == "cpu"
-    bare_wall, bare_cpu = throughput(bare_runs, per_step)
-    loop_wall, loop_cpu = throughput(loop_runs, per_step)
-    peak = peak_flops(device)
-    mfu = f"{flops_per_token * loop_wall / peak:6.1%}" if peak else f"{'-':>6}"
+            rss[name] = max(rss[name], peak_rss_mb())
+            wall, cpu = run_rate(stamps, per_step=device.type == "cpu")
+            cpu_rates[name].append(cpu)
+            return wall
+
+        return run
+
+    got = interleaved(contender("bare"), contender("loop"), args.repeats)
+    cpu = Repeats(cpu_rates["bare"], cpu_rates["loop"]).median_ratio
+    loop_rate = statistics.median(got.ours)
+    cuda = device.type == "cuda"
+    # CPU: tokens per CPU-second per thread, as the peak is (a shared machine's wall clock
+    # counts other jobs' time); CUDA: wall-clock tokens/s.
+    busy_rate = (
+        loop_rate if cuda else statistics.median(cpu_rates["loop"]) * torch.get_num_threads()
+    )
+    mfu = flops_per_token * busy_rate / peak if peak else None
+    where = torch.cuda.get_device_name(device) if cuda else "CPU"
+    precision = "bf16" if bf16 or cuda else "fp32"
+    n_params = sum(p.numel() for p in setup.make_model().parameters())
+    note = f"{n_params / 1e6:.1f}M params, {where}, preset {args.preset}"
+    note += f"; by CPU time {cpu:.2f}"
+    if cuda:
+        note += f"; bf16 autocast, fused AdamW; MFU of {where}'s dense bf16 datasheet peak"
+    elif bf16:
+        note += "; bf16 autocast (compute.cpu_autocast); MFU by CPU time of the bf16 matmul peak"
+    else:
+        note += "; MFU by CPU time of the fp32 matmul peak"
+    if fp32 is not None:
+        note += f"; {loop_rate / fp32.loop_tokens_per_s:.2f}x the fp32 row's tokens/s"
+    name = f"pretrain {row.family}"
+    name += " (GPU, bf16)" if cuda else (" (CPU, bf16 autocast)" if bf16 else "")
+    result = got.fill(
+        ResultRow(name, "tokens/s", None, None, ">=", 0.9, rss["bare"], rss["loop"], note, mfu=mfu)
+    )
     print(
-        f"{row.family:8} {bare_wall:11,.0f} {loop_wall:11,.0f} {loop_wall / bare_wall:6.3f} "
-        f"{bare_cpu:15,.0f} {loop_cpu:15,.0f} {loop_cpu / bare_cpu:6.3f} {mfu}",
+        f"{row.family:8} {precision:5} {result.bare:11,.0f} {result.ours:11,.0f} "
+        f"{result.ratio_text():>24} cpu ratio {cpu:.3f} MFU "
+        f"{f'{mfu:.1%}' if mfu is not None else '-'}  ratios "
+        f"{', '.join(f'{r:.2f}' for r in got.ratios)}",
         flush=True,
     )
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    model = setup.make_model()
-    n_params = sum(p.numel() for p in model.parameters())
-    note = f"{n_params / 1e6:.1f}M params, {where}, preset {preset}"
-    note += f"; by CPU time {loop_cpu / bare_cpu:.2f}"
+    return Measured(result, loop_rate)
+
+
+def precisions(args: argparse.Namespace, device: torch.device) -> list[bool]:
+    """bf16 autocast off/on per measurement: on CUDA bf16 only; on the CPU fp32, then bf16
+    where the CPU has it natively (`--cpu-bf16 auto`)."""
     if device.type == "cuda":
-        note += f"; bf16 autocast, fused AdamW; MFU {mfu.strip()} of {where}'s bf16 peak"
-    return ResultRow(
-        f"pretrain {row.family}" + (" (GPU, bf16)" if device.type == "cuda" else ""),
-        "tokens/s",
-        bare_wall,
-        loop_wall,
-        ">=",
-        0.9,
-        rss["bare"],
-        rss["loop"],
-        note,
-    )
-
-
-def word2vec_line(result: dict) -> str:
-    """One table line from `word2vec_row`: words/s instead of tokens/s, no MFU."""
-    return (
-        f"{'w2v ' + result['mode'][:4]:8} {result['bare_words_per_s']:11,.0f} "
-        f"{result['loop_words_per_s']:11,.0f} {result['ratio']:6.3f} "
-        f"{result['bare_words_per_cpu_s']:15,.0f} {result['loop_words_per_cpu_s']:15,.0f} "
-        f"{result['cpu_ratio']:6.3f} {'-':>6}  "
-        f"(vs bare with loss: {result['ratio_vs_bare_loss']:.3f})"
-    )
-
-
-def word2vec_result(result: dict) -> ResultRow:
-    """The table row of `word2vec_row` (peak RSS is the whole benchmark process's)."""
-    return ResultRow(
-        f"pretrain word2vec {result['mode']}",
-        "words/s",
-        result["bare_words_per_s"],
-        result["loop_words_per_s"],
-        ">=",
-        0.95,
-        None,
-        None,
-        f"gensim vs streaming from shards; by CPU time {result['cpu_ratio']:.2f}; vs gensim "
-        f"with compute_loss {result['ratio_vs_bare_loss']:.2f}",
-    )
+        return [True]
+    if args.cpu_bf16 == "off" or (args.cpu_bf16 == "auto" and not cpu_has_bf16()):
+        return [False]
+    return [False, True]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -451,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
         "--steps", type=int, default=None, help="timed steps (default tiny 200, cpu 20, gpu 50)"
     )
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved pairs (>= 5)")
     parser.add_argument("--mb", type=float, default=2.0, help="MB of text for the shards")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument(
@@ -461,33 +413,52 @@ def main(argv: list[str] | None = None) -> None:
         help="torch CPU threads (1 gives steadier numbers on a shared machine)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--cpu-bf16",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="CPU: also measure bf16 autocast rows (auto: where the CPU has native bf16)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device = pick_device(LoopSpec(device=args.device))
-    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
-    steps = args.steps or {"tiny": 200, "cpu": 20, "gpu": 50}[preset]
+    args.preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
+    args.steps = args.steps or {"tiny": 200, "cpu": 20, "gpu": 50}[args.preset]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    measured_peaks = peaks(device)
     print(
-        f"device {device} ({where}, {torch.get_num_threads()} torch threads), preset {preset}, "
-        f"{steps} timed steps after {args.warmup}, {args.rounds} interleaved rounds"
+        f"device {device} ({where}, {torch.get_num_threads()} torch threads), preset "
+        f"{args.preset}, {args.steps} timed steps after {args.warmup}, {args.repeats} "
+        "interleaved repeats; matmul peak "
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in measured_peaks.items())
     )
-    print(
-        f"{'family':8} {'bare tok/s':>11} {'loop tok/s':>11} {'ratio':>6} "
-        f"{'bare tok/cpu-s':>15} {'loop tok/cpu-s':>15} {'ratio':>6} {'MFU':>6}"
-    )
-    results: list[ResultRow] = []
+    results: list[ResultRow] = peak_rows(measured_peaks, device)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         for row in ROWS:
-            if row.family in args.families:
-                results.append(torch_row(row, workdir, args, preset, steps, device))
+            if row.family not in args.families:
+                continue
+            fp32 = None
+            for bf16 in precisions(args, device):
+                peak = (
+                    datasheet_peak(device)
+                    if device.type == "cuda"
+                    else measured_peaks["bf16" if bf16 else "fp32"]
+                )
+                got = torch_row(row, workdir, args, device, bf16, peak, fp32)
+                results.append(got.row)
+                fp32 = got if not bf16 else fp32
         if "word2vec" in args.families:  # words/s, gensim vs the pipeline's streaming trainer
+            tokens_dir, tokenizer_dir = prepare_tokens("wordlevel", workdir, args.mb)
+            min_count = TOKENIZER_SPECS["wordlevel"].min_count
             for sg in (True, False):
-                result = word2vec_row(workdir, args.mb, args.rounds, sg)
+                result = word2vec_row(
+                    tokens_dir, tokenizer_dir, workdir, min_count, args.repeats, sg
+                )
                 print(word2vec_line(result), flush=True)
                 results.append(word2vec_result(result))
     if args.json:

@@ -3,11 +3,14 @@
 Run:  .venv/bin/python -m benchmarks.suite [--quick] [--out benchmarks/RESULTS.md]   (make bench)
 
 Each benchmark runs the bare library and pretrainlab on the same work and reports rows (see
-benchmarks/common.py); a fresh process per benchmark keeps peak RSS figures apart. `--quick`
-runs every benchmark at a smoke-test size (a minute or two; figures are not meaningful). The
-GPU rows (>=100M-parameter GPT and BERT, bf16) run only when CUDA is visible and say
-"n/a (no GPU)" otherwise. A benchmark that fails gives a row saying so, and the suite exits 1
-after writing the table.
+benchmarks/common.py); a fresh process per benchmark keeps peak RSS figures apart. The
+pretraining and transfer ratios are the median of >= 5 interleaved pairs (bare, pretrainlab,
+bare, ...) with their min-max (`benchmarks.common.interleaved`); pretraining rows add MFU
+against the matmul peak measured in the same process (benchmarks/peak.py). `--quick` runs
+every benchmark at a smoke-test size (a few minutes; figures are not meaningful). The GPU rows
+(GPT-2 small and BERT-base sized, bf16 autocast, tokens/s and MFU) run only when CUDA is
+visible and say "n/a (no GPU here)" otherwise. A benchmark that fails gives a row saying so,
+and the suite exits 1 after writing the table.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import NA_NO_GPU, Row, gpu_name, machine, markdown, read_rows
+from benchmarks.common import NA_NO_GPU, Row, gap_lines, gpu_name, machine, markdown, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -43,13 +46,13 @@ BENCHES = (
         "pretrain (CPU)",
         "benchmarks.pretrain",
         ("--preset", "cpu", "--device", "cpu"),
-        ("--preset", "tiny", "--device", "cpu", "--steps", "10", "--rounds", "1", "--mb", "0.5"),
+        ("--preset", "tiny", "--device", "cpu", "--steps", "10", "--repeats", "5", "--mb", "0.5"),
     ),
     Bench(
         "transfer",
         "benchmarks.transfer",
         ("--preset", "cpu"),
-        ("--preset", "tiny", "--rounds", "1"),
+        ("--preset", "tiny", "--repeats", "5"),
     ),
     Bench("re-run", "benchmarks.rerun", ("--runs", "2"), ("--runs", "2")),
     Bench("start-up", "benchmarks.startup", ("--runs", "3"), ("--runs", "1")),
@@ -64,7 +67,19 @@ GPU_BENCH = Bench(
     "pretrain (GPU)",
     "benchmarks.pretrain",
     ("--preset", "gpu", "--device", "cuda", "--families", "gpt", "bert"),
-    ("--preset", "gpu", "--device", "cuda", "--families", "gpt", "bert", "--steps", "10"),
+    (
+        "--preset",
+        "gpu",
+        "--device",
+        "cuda",
+        "--families",
+        "gpt",
+        "bert",
+        "--steps",
+        "10",
+        "--repeats",
+        "5",
+    ),
 )
 GPU_ROWS = {"gpt": "GPT-2 small, 124M params", "bert": "BERT-base, 110M params"}
 
@@ -108,6 +123,7 @@ def write_table(
     """(Re)write the table; called after every benchmark, so a stopped run leaves its rows."""
     command = "python -m benchmarks.suite" + (" --quick" if args.quick else "")
     text = markdown(rows, before, machine(), command, time.perf_counter() - started)
+    text += gap_lines(rows)
     if args.quick:
         text = text.replace("# Benchmark results", "# Benchmark results (--quick: smoke sizes)")
     if pending:

@@ -1,6 +1,7 @@
 """Transfer throughput: frozen feature extraction and fine-tuning, pretrainlab vs a bare torch loop.
 
-Run:  .venv/bin/python -m benchmarks.transfer [--families gpt bert] [--preset tiny|cpu] [--rounds 4]
+Run:  .venv/bin/python -m benchmarks.transfer [--families gpt bert] [--preset tiny|cpu]
+      [--repeats 5]
 
 A GPT and a BERT are pretrained for a few steps
 (`pipelines.training.pretraining.pretrain`, real text
@@ -15,12 +16,11 @@ classification task is made from real sentences. Then, per family, in one run:
 - fine-tuning: `pipelines.transfer.runs.run_transfer` in `finetune` mode vs a bare loop (the same
   pre-tokenized inputs, a linear head on the top layer's token, AdamW with the encoder at a
   tenth of the head's rate, shuffled batches, a dev pass per epoch). Both stamp the end of
-  every epoch (pretrainlab through `on_eval`, set to evaluate once a pass); examples/s =
-  (train + dev examples) / the
-  fastest epoch after the first, over every round: a shared machine slows epochs at random.
-Contenders run interleaved for `--rounds` rounds; the best figure of each is kept, and the
-notes add the ratio by CPU time (examples per CPU-second), steadier on a shared machine. The
-ratio is pretrainlab / bare (goal >= 0.9).
+  every epoch (pretrainlab through `on_eval`, set to evaluate once a pass); a run's
+  examples/s = (train + dev examples) / its median epoch after the first.
+Contenders run interleaved, bare, pretrainlab, bare, ... `--repeats` times; the ratio is the
+median of the per-pair ratios pretrainlab / bare with their min-max, and the notes add the
+ratio by CPU time (examples per CPU-second), steadier on a shared machine (goal >= 0.9).
 Transfer runs on the CPU in pipelines/transfer/runs.py, so both contenders run there.
 """
 
@@ -29,17 +29,26 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import Row, peak_rss_mb, print_rows, reset_peak_rss, write_rows
+from benchmarks.common import (
+    Repeats,
+    Row,
+    interleaved,
+    peak_rss_mb,
+    print_rows,
+    reset_peak_rss,
+    write_rows,
+)
 from benchmarks.pretrain import prepare_tokens
 from benchmarks.tokenization import real_documents
 from pipelines.data.sentences import split_sentences
@@ -246,41 +255,43 @@ def bare_finetune(
 # ----------------------------------------------------------------------------- measuring
 
 
-@dataclass
-class Measured:
-    best: float = 0.0  # best examples per wall-second
-    best_cpu: float = 0.0  # best examples per CPU-second (all threads): steadier on a busy box
-    rss_mb: float = 0.0
-
-    def add(self, examples: int, wall: float, cpu: float) -> None:
-        self.best = max(self.best, examples / wall)
-        self.best_cpu = max(self.best_cpu, examples / max(cpu, 1e-9))
-
-
 def _clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _interleaved(rounds: int, run: Callable[[str], None], got: dict[str, Measured]) -> None:
-    """`rounds` rounds of both contenders, alternating which goes first; peak RSS of each."""
-    for round_ in range(rounds):
-        for name in ("bare", "ours") if round_ % 2 == 0 else ("ours", "bare"):
-            reset_peak_rss()
-            run(name)
-            got[name].rss_mb = max(got[name].rss_mb, peak_rss_mb())
+@dataclass
+class Contenders:
+    """Per-run examples/s (wall and CPU time) and peak RSS of bare and ours, run interleaved."""
+
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {"bare": [], "ours": []})
+    rss: dict[str, float] = field(default_factory=lambda: {"bare": 0.0, "ours": 0.0})
+
+    def run(self, repeats: int, measure: Callable[[str], tuple[float, float]]) -> Repeats:
+        """bare, ours, bare, ours, ... `repeats` times; `measure(name)` -> (wall, cpu) rates."""
+
+        def contender(name: str) -> Callable[[], float]:
+            def run() -> float:
+                reset_peak_rss()
+                wall, cpu = measure(name)
+                self.rss[name] = max(self.rss[name], peak_rss_mb())
+                self.cpu[name].append(cpu)
+                return wall
+
+            return run
+
+        return interleaved(contender("bare"), contender("ours"), repeats)
+
+    def row(self, got: Repeats, name: str, what: str, after: str = "") -> Row:
+        """A table row of examples/s: medians, the median ratio and its spread."""
+        cpu = Repeats(self.cpu["bare"], self.cpu["ours"]).median_ratio
+        note = f"{what}; by CPU time {cpu:.2f}{after}"
+        row = Row(name, "examples/s", None, None, ">=", GOAL, self.rss["bare"], self.rss["ours"])
+        row.note = note
+        return got.fill(row)
 
 
-def _row(name: str, got: dict[str, Measured], what: str, after: str = "") -> Row:
-    """A table row of examples/s, bare vs ours, with the CPU-time ratio in its note."""
-    bare, ours = got["bare"], got["ours"]
-    cpu = ours.best_cpu / bare.best_cpu
-    note = f"{what}; by CPU time {cpu:.2f}{after}"
-    return Row(name, "examples/s", bare.best, ours.best, ">=", GOAL, bare.rss_mb, ours.rss_mb, note)
-
-
-def feature_rows(family: str, model_dir: Path, task: TaskData, max_len: int, rounds: int) -> Row:
+def feature_rows(family: str, model_dir: Path, task: TaskData, max_len: int, repeats: int) -> Row:
     n = len(task.train) + len(task.dev) + len(task.test)
-    got = {"bare": Measured(), "ours": Measured()}
     outputs: dict[str, np.ndarray] = {}
 
     def ours() -> np.ndarray:
@@ -289,34 +300,35 @@ def feature_rows(family: str, model_dir: Path, task: TaskData, max_len: int, rou
 
     runs = {"bare": lambda: bare_features(family, model_dir, task, max_len), "ours": ours}
 
-    def run(name: str) -> None:
+    def measure(name: str) -> tuple[float, float]:
         wall, cpu = _clocks()
         outputs[name] = runs[name]()
         wall_end, cpu_end = _clocks()
-        got[name].add(n, wall_end - wall, cpu_end - cpu)
+        return n / (wall_end - wall), n / max(cpu_end - cpu, 1e-9)
 
-    _interleaved(rounds, run, got)
+    contenders = Contenders()
+    got = contenders.run(repeats, measure)
     diff = float(np.abs(outputs["bare"] - outputs["ours"]).max())
     if outputs["bare"].shape != outputs["ours"].shape or diff > 1e-3:
         raise SystemExit(
             f"{family}: bare and pretrainlab features differ (shapes {outputs['bare'].shape} vs "
             f"{outputs['ours'].shape}, max abs difference {diff:.2g})"
         )
-    return _row(
-        f"transfer {family}: frozen features",
+    return contenders.row(
         got,
-        f"{n} examples, max_len {max_len}, load+tokenize+forward, best of {rounds}",
+        f"transfer {family}: frozen features",
+        f"{n} examples, max_len {max_len}, load+tokenize+forward",
         f"; the same features (max abs difference {diff:.0e})",
     )
 
 
 def finetune_row(
-    family: str, model_dir: Path, task: TaskData, config: TransferConfig, rounds: int
+    family: str, model_dir: Path, task: TaskData, config: TransferConfig, repeats: int
 ) -> Row:
     per_epoch = len(task.train) + len(task.dev)
-    got = {"bare": Measured(), "ours": Measured()}
 
-    def run(name: str) -> None:
+    def measure(name: str) -> tuple[float, float]:
+        """The run's median epoch after the first (which carries loading and tokenizing)."""
         stamps: list[tuple[float, float]] = []
         if name == "bare":
             bare_finetune(family, model_dir, task, config, lambda: stamps.append(_clocks()))
@@ -326,20 +338,21 @@ def finetune_row(
                 stamps.append(_clocks())
 
             run_transfer(family, model_dir, task, task.train, config, on_eval=on_eval)
-        # Epochs 2..E: the first epoch carries the set-up (load, tokenize).
-        for (w0, c0), (w1, c1) in itertools.pairwise(stamps):
-            got[name].add(per_epoch, w1 - w0, c1 - c0)
+        pairs = list(itertools.pairwise(stamps))
+        wall = statistics.median(per_epoch / (w1 - w0) for (w0, _), (w1, _) in pairs)
+        cpu = statistics.median(per_epoch / max(c1 - c0, 1e-9) for (_, c0), (_, c1) in pairs)
+        return wall, cpu
 
-    _interleaved(rounds, run, got)
-    return _row(
+    contenders = Contenders()
+    return contenders.row(
+        contenders.run(repeats, measure),
         f"transfer {family}: fine-tuning",
-        got,
         f"{len(task.train)} train + {len(task.dev)} dev per epoch, batch {config.batch_size}, "
-        f"fastest of {rounds * (config.passes - 1)} epochs",
+        f"a run's median epoch after the first",
     )
 
 
-def rows(families: list[str], preset: str, rounds: int, workdir: Path) -> list[Row]:
+def rows(families: list[str], preset: str, repeats: int, workdir: Path) -> list[Row]:
     sizes = PRESETS[preset]
     task = make_task(sizes["examples"])
     steps = sizes["epochs"] * -(-sizes["examples"][0] // 16)  # one dev evaluation a pass
@@ -363,9 +376,9 @@ def rows(families: list[str], preset: str, rounds: int, workdir: Path) -> list[R
         model_dir = build_model(family, workdir, preset)
         seconds = time.perf_counter() - started
         print(f"  {family}: model pretrained in {seconds:.0f} s", flush=True)
-        out.append(feature_rows(family, model_dir, task, config.max_len, rounds))
+        out.append(feature_rows(family, model_dir, task, config.max_len, repeats))
         print_rows(out[-1:])
-        out.append(finetune_row(family, model_dir, task, config, rounds))
+        out.append(finetune_row(family, model_dir, task, config, repeats))
         print_rows(out[-1:])
     return out
 
@@ -376,7 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         "--families", nargs="+", choices=sorted(TOKENIZER_KIND), default=["gpt", "bert"]
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds; best is kept")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="interleaved pairs; the median ratio is kept"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
@@ -384,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print(f"transfer benchmark: preset {args.preset}, {torch.get_num_threads()} torch threads")
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
-        result = rows(args.families, args.preset, args.rounds, Path(tmp))
+        result = rows(args.families, args.preset, args.repeats, Path(tmp))
     if args.json:
         write_rows(result, args.json)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -32,7 +33,8 @@ PROGRESS_KEYS = ("loss", "valid_loss", "tokens_per_s", "words_per_s", "loss_per_
 
 
 def config_hash(spec: Spec, family: str) -> str:
-    """The family's resolved settings plus the shared budget (and word2vec's min_count)."""
+    """The family's resolved settings plus the shared budget (and word2vec's min_count), and
+    bf16 autocast when it is on (fp32 settings hash as they did before the setting)."""
     settings: dict[str, Any] = {
         "family": getattr(spec.pretrain, family).model_dump(mode="json"),
         "budget": spec.pretrain.budget.model_dump(mode="json"),
@@ -40,6 +42,8 @@ def config_hash(spec: Spec, family: str) -> str:
     }
     if family == "word2vec":
         settings["min_count"] = spec.tokenizers.word.min_count
+    if pretraining.cpu_autocast(spec, family):
+        settings["cpu_bf16_autocast"] = True
     return stable_hash(settings)
 
 
@@ -142,6 +146,8 @@ def _pretrain(
 
     def train(run_id: str, work: Path, model_tmp: Path) -> dict[str, Any]:
         budget = spec.pretrain.budget
+        active = pretraining.cpu_autocast(spec, family)  # the setting itself is a spec param
+        mlflow.log_param("cpu_autocast_active", str(active).lower())
         job = pretraining.PretrainJob(
             family,
             Path(tokens_dir),

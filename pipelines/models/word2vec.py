@@ -43,7 +43,12 @@ from gensim.models.callbacks import CallbackAny2Vec
 from gensim.models.word2vec_inner import train_batch_cbow, train_batch_sg
 
 from pipelines.models.word2vec_eval import valid_loss_per_word
-from pipelines.models.word2vec_vocab import ShardSentences, Word2VecError, word_vocab
+from pipelines.models.word2vec_vocab import (
+    ReplayedSentences,
+    ShardSentences,
+    Word2VecError,
+    word_vocab,
+)
 from pretrainlab.config import Word2VecSpec
 from storage.atomic import atomic_dir, atomic_path, read_manifest, write_json, write_manifest
 
@@ -379,9 +384,10 @@ def train_word2vec_on_shards(
     checkpoint_dir: str | Path,
     **options: Any,
 ) -> tuple[KeyedVectors, Word2VecResult]:
-    """`train_word2vec` on the train split of word-level token shards."""
+    """`train_word2vec` on the train split of word-level token shards (read once, replayed
+    from memory for the epochs when they fit: `ReplayedSentences`)."""
     vocab, specials = word_vocab(tokenizer_dir)
-    sentences = ShardSentences(tokens_dir, vocab, drop_ids=specials)
+    sentences = ReplayedSentences(ShardSentences(tokens_dir, vocab, drop_ids=specials))
     valid = ShardSentences(tokens_dir, vocab, drop_ids=specials, split="valid")
     return train_word2vec(sentences, spec, min_count, checkpoint_dir, valid=valid, **options)
 

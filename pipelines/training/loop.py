@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pipelines.data.batches import Batch
 from pipelines.training.points import PointInfo, PointPlan, branch
+from pipelines.training.precision import autocast
 from pipelines.training.schedule import cooldown_lrs, lr_at
 from pipelines.training.stop_signals import StopSignals
 from pretrainlab.config import LoopSpec, PretrainlabError
@@ -225,12 +226,6 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -243,13 +238,13 @@ def _reseed(seed: int, device: torch.device) -> None:
 
 
 def _evaluate(
-    model: torch.nn.Module, objective: Objective, n: int, device: torch.device
+    model: torch.nn.Module, objective: Objective, n: int, device: torch.device, cpu_bf16: bool
 ) -> dict[str, float]:
     """Mean valid loss (+ objective extras, prefixed valid_) over the fixed valid batches."""
     model.eval()
     losses: list[float] = []
     extras: dict[str, list[float]] = {}
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device, cpu_bf16):
         for batch in objective.valid_batches(n):
             loss, metrics = objective.loss(model, _to_device(batch, device))
             losses.append(float(loss))
@@ -282,11 +277,13 @@ def train(
     budget_minutes: float | None = None,
     stop_at_step: int | None = None,
     points: PointPlan | None = None,
+    cpu_autocast: bool = False,
 ) -> TrainResult:
     """Train `model` on `objective` from the latest checkpoint in `checkpoint_dir` (if any).
 
     `stop_at_step` is a test hook: checkpoint after that step and return, as if killed.
     `points`: snapshots to keep on the way (those after a resumed step are taken).
+    `cpu_autocast`: forward passes in bf16 autocast on the CPU too (see precision.py).
     Under torch.distributed every rank calls this; only rank 0 logs and checkpoints.
     """
     distributed = dist.is_available() and dist.is_initialized()
@@ -341,7 +338,7 @@ def train(
             )
 
     def evaluate() -> dict[str, float]:
-        metrics = _evaluate(forward_model, objective, loop.eval_batches, device)
+        metrics = _evaluate(forward_model, objective, loop.eval_batches, device, cpu_autocast)
         state.last_valid_loss = metrics["valid_loss"]
         if state.best_valid_loss is None or metrics["valid_loss"] < state.best_valid_loss:
             state.best_valid_loss = metrics["valid_loss"]
@@ -368,7 +365,8 @@ def train(
         with branch(model, optimizer):
             for i, lr in enumerate(lrs, 1):
                 _, n, _, _ = _train_step(
-                    wrapped, objective, optimizer, loop, step + i, rank, world, device, lr=lr
+                    wrapped, objective, optimizer, loop, step + i, (rank, world), device,
+                    cpu_autocast, lr=lr,
                 )
                 tokens += n * world  # every rank trains its share of the global batch
             if rank == 0:
@@ -398,7 +396,7 @@ def train(
             t0 = time.perf_counter()
             try:
                 loss, step_tokens, grad_norm, extras = _train_step(
-                    wrapped, objective, optimizer, loop, step, rank, world, device
+                    wrapped, objective, optimizer, loop, step, (rank, world), device, cpu_autocast
                 )
             except torch.OutOfMemoryError as error:
                 raise _oom_error(loop, error) from None
@@ -463,13 +461,14 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     loop: LoopSpec,
     step: int,
-    rank: int,
-    world: int,
+    ranks: tuple[int, int],
     device: torch.device,
+    cpu_bf16: bool,
     lr: float | None = None,
 ) -> tuple[float, int, float, dict[str, float]]:
     """One optimizer step over `grad_accum` micro-batches; returns loss, tokens, grad norm.
-    `lr` overrides the schedule's rate (a point's cooldown branch)."""
+    `ranks`: (rank, world size); `lr` overrides the schedule's rate (a point's cooldown)."""
+    rank, world = ranks
     _reseed(_step_seed(loop.seed, step, rank), device)  # dropout masks = f(seed, step, rank)
     lr = lr_at(step, loop) if lr is None else lr
     for group in optimizer.param_groups:
@@ -485,7 +484,7 @@ def _train_step(
         last = micro == n_micro - 1
         sync = contextlib.nullcontext() if last or world == 1 else wrapped.no_sync()
         with sync:
-            with _autocast(device):
+            with autocast(device, cpu_bf16):
                 loss, metrics = wrapped(batch)
             (loss / n_micro).backward()
         total += loss.detach()

@@ -25,6 +25,7 @@ import pipelines.models.word2vec_eval as word2vec_eval
 import pipelines.models.word2vec_vocab as word2vec_vocab
 import pipelines.training.loop as training
 import pipelines.training.points as points_lib
+import pipelines.training.precision as precision
 import pipelines.training.schedule as schedule
 from pipelines.data.tokenizer_training import load_tokenizer, ship_tokenizer
 from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
@@ -33,9 +34,9 @@ from pretrainlab.config import FAMILY_NAMES, PretrainlabError, Spec, per_family
 CODE: dict[str, list[ModuleType]] = per_family(
     {
         "word2vec": [word2vec, word2vec_vocab, word2vec_eval, schedule, points_lib],
-        "elmo": [elmo, elmo_data, training, schedule, points_lib, lm_data],
-        "gpt": [gpt, training, schedule, points_lib, lm_data],
-        "bert": [bert, bert_data, masking, training, schedule, points_lib, lm_data],
+        "elmo": [elmo, elmo_data, training, schedule, points_lib, precision, lm_data],
+        "gpt": [gpt, training, schedule, points_lib, precision, lm_data],
+        "bert": [bert, bert_data, masking, training, schedule, points_lib, precision, lm_data],
     },
     "pretraining.CODE",
 )
@@ -99,10 +100,26 @@ def _n_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Families `compute.cpu_autocast: auto` turns bf16 on for: their loss parity with fp32 is tested
+# and bf16 pays on a bf16 CPU. ELMo's LSTMs with projections have no oneDNN bf16 kernel and ran
+# ~0.6x fp32's tokens/s (measured), so ELMo only autocasts on `on`.
+CPU_AUTOCAST_AUTO = ("gpt", "bert")
+
+
+def cpu_autocast(spec: Spec, family: str) -> bool:
+    """Whether `family` pretrains in bf16 autocast on the CPU here (`compute.cpu_autocast`);
+    word2vec (gensim) and training on CUDA (always bf16) never do."""
+    setting = spec.compute.cpu_autocast
+    if family == "word2vec" or (setting == "auto" and family not in CPU_AUTOCAST_AUTO):
+        return False
+    device = training.pick_device(getattr(spec.pretrain, family).loop)
+    return precision.cpu_autocast_active(setting, device)
+
+
 def _train(
     model: Any,
     objective: Any,
-    loop: Any,
+    spec: Spec,
     job: PretrainJob,
     log: LogFn,
     stop_at_step: int | None,
@@ -111,13 +128,14 @@ def _train(
     return training.train(
         model,
         objective,
-        loop,
+        getattr(spec.pretrain, job.family).loop,
         job.work_dir / "checkpoints",
         log,
         budget_tokens=job.budget_tokens,
         budget_minutes=job.budget_minutes,
         stop_at_step=stop_at_step,
-        points=_plan(job, loop.max_steps, save),
+        points=_plan(job, getattr(spec.pretrain, job.family).loop.max_steps, save),
+        cpu_autocast=cpu_autocast(spec, job.family),
     )
 
 
@@ -138,7 +156,7 @@ def _gpt(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) -> 
     def save(m: Any, out: Path) -> None:
         gpt.save_gpt(m, job.tokenizer_dir, out)
 
-    result = _train(model, objective, loop, job, log, stop_at_step, save)
+    result = _train(model, objective, spec, job, log, stop_at_step, save)
     save(model, job.out_dir)
     entropy = lm_data.unigram_entropy(job.tokens_dir, "valid", len(tok), tok.eos_token_id)
     return _lm_summary(result, entropy, _n_params(model))
@@ -161,7 +179,7 @@ def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     def save(m: Any, out: Path) -> None:
         bert.save_bert(m, job.tokenizer_dir, out)
 
-    result = _train(model, objective, loop, job, remember, stop_at_step, save)
+    result = _train(model, objective, spec, job, remember, stop_at_step, save)
     save(model, job.out_dir)
     summary = _lm_summary(
         result, lm_data.unigram_entropy(job.tokens_dir, "valid", vocab.size), _n_params(model)
@@ -197,7 +215,7 @@ def _elmo(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
         elmo.save_elmo(m, out)
         ship_tokenizer(job.tokenizer_dir, out)
 
-    result = _train(model, objective, loop, job, log, stop_at_step, save)
+    result = _train(model, objective, spec, job, log, stop_at_step, save)
     save(model, job.out_dir)
     # The loss is the mean of the two directions' NLL: per token, like the unigram entropy.
     summary = _lm_summary(result, objective.unigram_entropy(), _n_params(model))

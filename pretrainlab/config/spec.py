@@ -78,7 +78,7 @@ class RaySpec(Strict):
 
 class ComputeSpec(Strict):
     """Where per-shard tasks (encoding) and transfer cells run: a thread pool here, or a Dask or
-    Ray cluster."""
+    Ray cluster; and whether CPU pretraining uses bf16 autocast."""
 
     runner: Literal["thread", "dask", "ray"] = Field(
         "thread", description="thread | dask (prefect-dask) | ray (needs: pip install prefect-ray)."
@@ -95,6 +95,11 @@ class ComputeSpec(Strict):
     )
     dask: DaskSpec = DaskSpec()
     ray: RaySpec = RaySpec()
+    cpu_autocast: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast when pretraining on the CPU: auto = GPT and BERT where the CPU "
+        "has native bf16 (AVX-512 BF16 / AMX); on (ELMo too); off. CUDA always uses bf16.",
+    )
 
 
 class PromoteSpec(Strict):

@@ -10,8 +10,11 @@ import pyarrow.parquet as pq
 
 from benchmarks.common import (
     NA_NO_GPU,
+    Repeats,
     Row,
     current_rss_mb,
+    gap_lines,
+    interleaved,
     machine,
     markdown,
     peak_rss_mb,
@@ -41,12 +44,57 @@ def test_ratio_goal_and_rendering(tmp_path: Path) -> None:
     info = machine()
     text = markdown(rows, info, info, "python -m benchmarks.suite", 90.0)
     lines = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines()}
-    assert "| 0.80 | >= 0.7 | yes | 300 / 150 | fine |" in lines["ingest"]
+    assert "| 0.80 | >= 0.7 | yes | - | 300 / 150 | fine |" in lines["ingest"]
     assert "| 0.70 | >= 0.8 | **no** |" in lines["tokenise"]
-    assert "| n/a | 21.5 | - | <= 15 s | **no** | - / 400 |" in lines["unchanged re-run"]
-    assert f"| n/a | n/a | - | >= 0.9 | n/a | n/a | {NA_NO_GPU} |" in lines[rows[3].benchmark]
+    assert "| n/a | 21.5 | - | <= 15 s | **no** | - | - / 400 |" in lines["unchanged re-run"]
+    assert f"| n/a | n/a | - | >= 0.9 | n/a | - | n/a | {NA_NO_GPU} |" in lines[rows[3].benchmark]
     assert "| - | - |" in lines["ingest (vs pyarrow)"]  # informative: no goal, no verdict
     assert str(info["cpu"]) in text and "1.5 min" in text
+
+
+def test_interleaved_repeats_alternate_and_the_ratio_is_the_median_pair() -> None:
+    calls: list[str] = []
+    bare_rates, ours_rates = iter([10.0, 10.0, 5.0, 10.0, 10.0]), iter([9.0, 11.0, 5.0, 2.0, 9.5])
+
+    def bare() -> float:
+        calls.append("bare")
+        return next(bare_rates)
+
+    def ours() -> float:
+        calls.append("ours")
+        return next(ours_rates)
+
+    got = interleaved(bare, ours, repeats=5, before=lambda: calls.append("reset"))
+    assert calls == ["reset", "bare", "reset", "ours"] * 5
+    assert got.ratios == [0.9, 1.1, 1.0, 0.2, 0.95]
+    assert got.median_ratio == 0.95  # a pair slowed by another job (0.2) does not move it
+    row = got.fill(Row("pretrain gpt", "tokens/s", None, None, ">=", 0.9, mfu=0.123))
+    assert (row.bare, row.ours, row.ratio, row.met) == (10.0, 9.0, 0.95, True)
+    assert (row.ratio_min, row.ratio_max, row.repeats) == (0.2, 1.1, 5)
+    info = machine()
+    line = markdown([row], info, info, "suite", 1.0).splitlines()[-1]
+    assert "| 10.0 | 9 | 0.95 (0.20-1.10, n=5) | >= 0.9 | yes | 12.3% |" in line
+
+
+def test_median_ratio_differs_from_the_ratio_of_medians() -> None:
+    """Pairs are compared within themselves: a drift in load between pairs cancels."""
+    got = Repeats(bare=[10.0, 20.0, 30.0], ours=[9.0, 18.0, 27.0])
+    assert got.median_ratio == 0.9
+
+
+def test_every_ratio_under_095_gets_a_line_saying_why() -> None:
+    rows = [
+        Repeats([10.0] * 5, [9.0] * 5).fill(
+            Row("pretrain bert", "tokens/s", None, None, ">=", 0.9)
+        ),
+        Row("transfer gpt: fine-tuning", "examples/s", 10.0, 9.8, ">=", 0.9),  # 0.98: no line
+        Row("a new stage", "MB/s", 10.0, 5.0, ">=", 0.9),
+    ]
+    text = gap_lines(rows)
+    assert "**pretrain bert** (0.90 (0.90-0.90, n=5)): NSP pair sampling" in text
+    assert "fine-tuning" not in text
+    assert "**a new stage** (0.50): no explanation written yet" in text
+    assert gap_lines(rows[1:2]) == ""
 
 
 def test_peak_rss_restarts_per_contender() -> None:

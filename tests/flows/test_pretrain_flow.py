@@ -50,6 +50,9 @@ def test_pretrain_registers_every_family_and_caches(tmp_path: Path) -> None:
         assert run.info.status == "FINISHED"
         assert run.data.tags["family"] == family
         assert "learned_little" in run.data.tags
+        assert run.data.params["compute.cpu_autocast"] == "auto"
+        active = pretraining.cpu_autocast(spec, family)  # auto: GPT and BERT on a bf16 CPU
+        assert run.data.params["cpu_autocast_active"] == str(active).lower()
         if family != "word2vec":
             assert "unigram_entropy" in run.data.metrics and "valid_loss" in run.data.metrics
             history = client.get_metric_history(model["run_id"], "loss")
@@ -95,6 +98,15 @@ def test_a_setting_or_code_change_gives_a_new_model_key(
     assert model_key(spec, "gpt", "tok", "/x/tokens/enc") != key
     monkeypatch.setitem(pretraining.CODE, "bert", [pretraining.bert, pretraining.gpt])
     assert model_key(spec, "bert", "tok", "/x/tokens/enc") != key
+    monkeypatch.undo()
+    # bf16 autocast trains other weights: its own key (fp32 settings hash as they did before).
+    keys = {}
+    for setting in ("on", "off"):
+        data = tiny_spec_dict(tmp_path, "pretest", [{"dataset": "lee-news", "limit": 120}])
+        keys[setting] = model_key(
+            spec_from_dict({**data, "compute": {"cpu_autocast": setting}}), "bert", "tok", "/x/e"
+        )
+    assert keys["on"] != keys["off"]
 
 
 def test_a_variant_is_one_more_registered_model_the_report_pairs_with_its_family(

@@ -28,6 +28,7 @@ from pipelines.models.word2vec import (
 )
 from pipelines.models.word2vec_eval import COVERAGE_FLOOR, intrinsic_eval
 from pipelines.models.word2vec_vocab import (
+    ReplayedSentences,
     ShardSentences,
     Word2VecError,
     aligned_vectors,
@@ -98,6 +99,29 @@ def test_shard_sentences_stream_token_strings_without_specials(shards: dict) -> 
     ]
     assert first == [s for s in expected if s]
     assert not any("<unk>" in s for s in first)
+
+
+class CountingPasses:
+    def __init__(self, sentences: list[list[str]]) -> None:
+        self.sentences, self.passes = sentences, 0
+
+    def __iter__(self):
+        self.passes += 1
+        yield from self.sentences
+
+
+def test_replayed_sentences_read_the_source_once_when_they_fit() -> None:
+    source = CountingPasses([["a", "b"], ["c"], ["d", "e", "f"]])
+    replayed = ReplayedSentences(source, max_words=6)
+    assert [list(replayed) for _ in range(3)] == [source.sentences] * 3
+    assert source.passes == 1
+
+
+def test_replayed_sentences_stream_every_pass_past_the_cap() -> None:
+    source = CountingPasses([["a", "b"], ["c"], ["d", "e", "f"]])
+    replayed = ReplayedSentences(source, max_words=5)
+    assert [list(replayed) for _ in range(3)] == [source.sentences] * 3
+    assert source.passes == 3 and replayed.kept is None
 
 
 def test_shards_from_another_tokenizer_are_refused(shards: dict) -> None:

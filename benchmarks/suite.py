@@ -54,6 +54,7 @@ BENCHES = (
         ("--preset", "cpu"),
         ("--preset", "tiny", "--repeats", "5"),
     ),
+    Bench("sweep", "benchmarks.sweep", (), ("--quick",)),
     Bench("re-run", "benchmarks.rerun", ("--runs", "2"), ("--runs", "2")),
     Bench("start-up", "benchmarks.startup", ("--runs", "3"), ("--runs", "1")),
     Bench(

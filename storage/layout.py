@@ -177,6 +177,10 @@ class Layout:
         """Per-item test predictions of the run whose rows are `result(task, key)`."""
         return self.predictions / task / f"{key}.parquet"
 
+    def predictions_of(self, result: Path) -> Path:
+        """The per-item predictions beside the result file `result` (a `result(task, key)`)."""
+        return self.prediction(result.parent.name, result.stem)
+
     @property
     def audits(self) -> Path:
         return self.store / "audit"

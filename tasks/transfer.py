@@ -43,7 +43,7 @@ from storage.layout import Layout
 from storage.registry import ModelRef
 from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
-from tasks.stage import Store, cached_output, content_key, reuse, store_of
+from tasks.stage import cached_output, content_key, reuse, store_of
 from tasks.tracking import open_tracking
 
 # The code that computes a run's rows: editing any of it recomputes them.
@@ -120,9 +120,11 @@ def _result(spec: Spec, task_name: str, key: str, compute: Callable[[Path], dict
     """The rows keyed `key` of a task: reused when written before, else computed and recorded."""
     store = store_of(spec)
     path = store.layout.result(task_name, key)
-    store.sync(_predictions_of(store, path))  # the per-item side table travels with its rows
+    side = store.layout.predictions_of(path)
+    store.sync(side)  # the per-item side table travels with its rows: pulled (or pushed) here
     found = cached_output(store, path, compute, _rows_hit)
-    store.sync(_predictions_of(store, path))
+    if not found["cache_hit"]:
+        store.sync(side)  # ... and pushed once computed
     return found
 
 
@@ -145,7 +147,7 @@ def _record(spec: Spec, data: task_data_lib.TaskData, run_name: str, tags: dict[
     base = {"run_id": run_id, **base}
     if predictions is not None:
         store = Layout.at(spec.store)
-        side = store.prediction(path.parent.name, path.stem)
+        side = store.predictions_of(path)
         write_parquet(side, _predictions(data, base, predictions))
     write_parquet(path, _rows(base, items, metrics_lib.headline(data)))
     return {"cache_hit": False, "rows": len(items), "run_id": run_id}
@@ -281,13 +283,8 @@ def stored_cell(spec: Spec, job: CellJob) -> dict[str, Any] | None:
     """The cell's result file when written before (here, or pulled from the mirror, with its
     per-item predictions)."""
     store = store_of(spec)
-    store.sync(_predictions_of(store, job.path))
+    store.sync(store.layout.predictions_of(job.path))
     return reuse(store, job.path, _rows_hit)
-
-
-def _predictions_of(store: Store, result: Path) -> Path:
-    """The per-item predictions side table of the run whose rows are `result`."""
-    return store.layout.prediction(result.parent.name, result.stem)
 
 
 def reads_features(mode: str) -> bool:
@@ -370,7 +367,7 @@ def record_cell(spec: Spec, job: CellJob, found: CellResult) -> dict[str, Any]:
     result = _record(spec, job.data, found.run_name, found.tags, found.points, found.base,
                      found.items, job.path, found.predictions)
     store = store_of(spec)
-    store.sync(_predictions_of(store, job.path))
+    store.sync(store.layout.predictions_of(job.path))
     store.sync(job.path)
     return result
 

@@ -29,7 +29,7 @@ from tasks.ingest import plan_corpus_plain
 from tasks.models import point_models
 from tasks.pretrain import adapt_model
 from tasks.progress import stage_logger
-from tasks.runners import describe, submit_all, task_runner
+from tasks.runners import cell_resources, describe, submit_all, task_runner
 from tasks.tracking import publish_transfer_summary
 from tasks.transfer import (
     Cell,
@@ -105,7 +105,7 @@ def run_cells(spec: Spec, jobs: list[CellJob]) -> list[dict[str, Any]]:
         log.info(f"cell {len(results) - len(jobs) + len(todo)}/{len(todo)}: {found.summary}")
 
     retries = spec.compute.cell_retries
-    with task_runner(spec.compute) as runner:
+    with task_runner(spec.compute) as runner, cell_resources(spec.compute):
         submit_all(runner, transfer_features,
                    [{"spec": spec, "data": j.data, "family": j.cell.family, "model": j.model}
                     for j in needs.values()], lambda n, found: None, retries)

@@ -10,6 +10,10 @@ Workers in other processes report their task runs to the Prefect API. A local Da
 handed this process's API URL (the ephemeral server `pretrainlab run` starts included); workers
 of an existing cluster must reach a real server, so there `PREFECT_API_URL` must be set.
 
+GPUs: on a multi-GPU machine each worker takes its own GPU. A local Dask cluster's worker i runs
+its cells on GPU i mod (GPUs visible); a Ray cell asks for `compute.ray.gpus_per_cell` GPUs and
+Ray shows it only those (as cuda:0), as dask-cuda workers see only their own.
+
 Workers this module starts (local Dask processes, Ray workers) get `OMP_NUM_THREADS=1`: a cell
 sets its own torch thread count (`compute.cell_threads`), and one thread per worker keeps
 workers on a shared machine from oversubscribing its cores. `submit_all` hands calls to a
@@ -19,11 +23,14 @@ worker died again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import torch
 from prefect import Task
 from prefect.client.orchestration import get_client
 from prefect.exceptions import CrashedRun
@@ -195,3 +202,42 @@ def submit_all(
         batch = again
     if errors:
         raise errors[0]
+
+
+def worker_index() -> int:
+    """This worker's number: a local Dask worker's name (0..n-1); 0 anywhere else."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not inside a Dask worker
+        return 0
+    return name if isinstance(name, int) else 0
+
+
+def worker_gpu(visible: int, worker: int) -> int | None:
+    """The GPU a worker's cells use when its process sees several: worker i takes GPU i mod
+    `visible`. None when it sees one or none (its only GPU is the current one)."""
+    return worker % visible if visible > 1 else None
+
+
+@contextlib.contextmanager
+def on_worker_gpu() -> Iterator[dict[str, str]]:
+    """Run the body on this worker's GPU (the current CUDA device while it runs); yields the
+    placement tags its MLflow run records."""
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu = worker_gpu(visible, worker_index())
+    tags = {"device": "cpu" if not visible else f"cuda:{0 if gpu is None else gpu}"}
+    if (ids := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        tags["cuda_visible_devices"] = ids
+    with torch.cuda.device(gpu) if gpu is not None else contextlib.nullcontext():
+        yield tags
+
+
+def cell_resources(compute: ComputeSpec) -> contextlib.AbstractContextManager:
+    """What each call submitted inside asks of the runner: Ray GPUs per transfer cell."""
+    if compute.runner != "ray" or not compute.ray.gpus_per_cell:
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
+
+    return remote_options(num_gpus=compute.ray.gpus_per_cell)

@@ -43,6 +43,7 @@ from storage.layout import Layout
 from storage.registry import ModelRef
 from tasks.models import ModelRun, build_model, git_sha, model_hit
 from tasks.progress import stage_logger
+from tasks.runners import on_worker_gpu
 from tasks.stage import cached_output, content_key, reuse, store_of
 from tasks.tracking import open_tracking
 
@@ -297,7 +298,7 @@ def reads_features(mode: str) -> bool:
 def transfer_features(spec: Spec, data: task_data_lib.TaskData, family: str,
                       model: ModelRef) -> None:
     """The frozen features of a (model, task), written once, before the cells that read them."""
-    with protocol_lib.cell_scope(0, spec.compute.cell_threads):
+    with on_worker_gpu(), protocol_lib.cell_scope(0, spec.compute.cell_threads):
         features_lib.frozen_features(model.architecture, model.path, data,
                                      spec.transfer.max_len, _features_dir(spec, family))
 
@@ -324,10 +325,11 @@ def train_cell(spec: Spec, data: task_data_lib.TaskData, model: ModelRef,
     grid = spec.transfer.lrs[grid_key(cell.mode)]
     train = task_data_lib.take_budget(data.train, cell.budget, cell.seed)
     started = time.perf_counter()
-    trials = {lr: transfer_lib.run_transfer(model.architecture, model.path, data, train,
-                                            _config(spec, cell.mode, lr, cell.seed),
-                                            _features_dir(spec, cell.family))
-              for lr in grid}
+    with on_worker_gpu() as placement:
+        trials = {lr: transfer_lib.run_transfer(model.architecture, model.path, data, train,
+                                                _config(spec, cell.mode, lr, cell.seed),
+                                                _features_dir(spec, cell.family))
+                  for lr in grid}
     headline = metrics_lib.headline(data)
     best_lr = max(grid, key=lambda lr: trials[lr].dev.get(headline, float("-inf")))
     best = trials[best_lr]
@@ -347,7 +349,7 @@ def train_cell(spec: Spec, data: task_data_lib.TaskData, model: ModelRef,
             "seed": str(cell.seed), "lr": f"{best_lr:g}", "lr_grid": str(grid),
             "best_step": str(best_step), "steps": str(best.steps),
             "converged": str(best.converged), "train_examples": str(len(train)),
-            **_model_tags(model)}
+            **_model_tags(model), **placement}
     base = _base(data, family=cell.family, model_version=model.version, mode=cell.mode,
                  budget=str(cell.budget), seed=cell.seed, lr=best_lr, point=model.point)
     at = f"@{model.point}" if model.point else ""  # a pretraining point, not the final model

@@ -74,6 +74,10 @@ class RaySpec(Strict):
     address: str | None = Field(
         None, description="Existing cluster (ray://host:10001 or auto); none = a local Ray."
     )
+    gpus_per_cell: float = Field(
+        0, ge=0, description="GPUs each transfer cell asks Ray for (0.5: two cells share one); "
+        "Ray shows a cell only its own GPUs. 0: cells run on the CPU.",
+    )
 
 
 class ComputeSpec(Strict):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
 
@@ -124,13 +126,15 @@ def test_ray_cluster_encodes_shards_and_gives_the_serial_rows(
     from flows.tokenization import tokenization
 
     data, expected = serial
-    spec = _with(data, runner="ray")
+    spec = _with(data, runner="ray", ray={"gpus_per_cell": 1})
     _forget_results(spec)
     marker = _plant_fault(tmp_path, monkeypatch)
+    started_ms = int(time.time() * 1000)
     ray.init(
         address="local",
         include_dashboard=False,
         num_cpus=2,
+        num_gpus=2,  # declared, not real: Ray assigns them to the cells that ask all the same
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", FAULT_ENV: str(marker)}},
     )
     try:
@@ -145,6 +149,14 @@ def test_ray_cluster_encodes_shards_and_gives_the_serial_rows(
     assert not marker.exists(), "no worker died: the fault was never injected"
     assert result["computed"] >= 4
     assert _rows(spec) == expected
+    # Each cell asked Ray for one GPU and saw only the one it was given.
+    mlflow.set_tracking_uri(spec.tracking_uri())
+    cells = mlflow.search_runs(experiment_names=[f"sweep/transfer/{TASK}"], output_format="list",
+                               filter_string=f"tags.mode = 'finetune' and "
+                               f"attributes.start_time >= {started_ms}")  # not the serial runs
+    assert len(cells) == 2
+    assert all(r.data.tags.get("cuda_visible_devices") in ("0", "1") for r in cells), [
+        r.data.tags for r in cells]
 
 
 def test_dry_run_counts_the_cells(tmp_path: Path) -> None:

@@ -14,7 +14,14 @@ from prefect_dask import DaskTaskRunner
 
 from flows.tokenization import tokenization
 from pretrainlab.config import ComputeSpec, SpecError, spec_from_dict
-from tasks.runners import RunnerError, check_scheduler, scheduler_endpoint, task_runner
+from tasks.runners import (
+    RunnerError,
+    check_scheduler,
+    scheduler_endpoint,
+    task_runner,
+    worker_gpu,
+    worker_index,
+)
 
 
 def free_port() -> int:
@@ -99,3 +106,20 @@ def test_tokenization_checks_the_scheduler_before_any_work(tmp_path: Path) -> No
     with pytest.raises(RunnerError, match="no Dask scheduler answers"):
         tokenization.fn(spec, "no-such-corpus")  # fails before reading the corpus
     assert not (tmp_path / "store").exists()
+
+
+def test_each_worker_of_a_multi_gpu_process_takes_its_own_gpu() -> None:
+    assert [worker_gpu(4, worker) for worker in range(6)] == [0, 1, 2, 3, 0, 1]
+    assert worker_gpu(1, 3) is None and worker_gpu(0, 3) is None  # its only GPU, or the CPU
+
+
+def test_local_dask_workers_take_distinct_gpu_slots() -> None:
+    from distributed import Client, LocalCluster
+
+    assert worker_index() == 0  # outside a worker
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        workers = list(client.scheduler_info()["workers"])
+        slots = [client.submit(worker_index, pure=False, workers=[address]).result()
+                 for address in workers]  # as a task runs there: Prefect's tasks are Dask tasks
+    assert sorted(slots) == [0, 1]

@@ -27,21 +27,22 @@ from pipelines.report.stats import (
     holm,
     t_interval,
 )
+from pipelines.transfer.protocol import GAIN_SHARE, still_improving, tail_improvement
 from pretrainlab.config import PretrainlabError
-
-GAIN_SHARE = 0.95  # "steps to 95% of the gain"
-TAIL_PARTS = 5  # "the last fifth" of a run's evaluations: ⌈k / 5⌉ of k
 
 CONVERGENCE_RULE = """\
 **Convergence.** A run's dev curve is its evaluations in step order (higher is better). Its \
 *gain* is its best dev score minus its first evaluation's. *Steps to 95% of the gain* is the \
 step of the first evaluation scoring at least first + 0.95 × gain (read at evaluation \
 resolution, not interpolated); the cell shows its mean over seeds with a 95% t interval. A run \
-is *not converged* when it was still improving in its last fifth: some evaluation among the last \
-⌈k/5⌉ of its k evaluations beats every earlier evaluation by more than 5% of the gain (and by \
-more than one dev example's worth of score, when the report gives it) — without that tolerance, \
-the same as reaching 95% of the gain only in the last fifth. A run with fewer than 2 evaluations \
-is not converged. A cell with any run not converged is marked, and its steps are a lower bound.
+is *converged* when early stopping ended it (no new best in `patience` evaluations); otherwise \
+it is *not converged* when it was still improving in its last fifth: some evaluation among the \
+last ⌈k/5⌉ of its k evaluations beats every earlier evaluation by more than 5% of the gain and \
+by more than one dev item's worth of score (1 / dev items: a single flipped item is not \
+learning). Each run stores this flag when it trains (`protocol.still_improving`, the one \
+implementation); curves without a stored flag are read the same way, without the one-item \
+floor. A run with fewer than 2 evaluations is not converged. A cell with any run not converged \
+is marked, and its steps are a lower bound.
 """
 
 LABEL_EQUIVALENT_RULE = f"""\
@@ -112,13 +113,9 @@ def convergence(curve: Sequence[tuple[int, float]], *, min_delta: float = 0.0) -
     best = float(scores[best_i])
     threshold = first + GAIN_SHARE * (best - first)
     reached = int(np.argmax(scores >= threshold - 1e-12))
-    k = len(scores)
-    tail = max(1, -(-k // TAIL_PARTS))  # ⌈k / 5⌉, at least one evaluation
-    if k < 2:
-        return Convergence(False, steps[reached], first, best, steps[best_i], k, 0.0)
-    improvement = float(scores[k - tail :].max() - scores[: k - tail].max())
-    still_rising = improvement > max((1 - GAIN_SHARE) * (best - first), min_delta) + 1e-12
-    return Convergence(not still_rising, steps[reached], first, best, steps[best_i], k, improvement)
+    values = scores.tolist()
+    return Convergence(not still_improving(values, min_delta), steps[reached], first, best,
+                       steps[best_i], len(values), tail_improvement(values))
 
 
 def summarise_convergence(runs: Sequence[Convergence]) -> ConvergenceSummary:

@@ -13,9 +13,10 @@ number of training examples, so every mode, family and budget runs under the sam
 - Schedule (BERT's): linear warmup over the first `warmup` fraction of the planned steps, then
   linear decay to zero at `planned`, for every parameter group of every mode (one schedule, so
   modes differ only in what trains). Loaded encoder weights train at `lr * encoder_lr_scale`.
-- Converged: yes when early stopping ended the run (a plateau of `patience` evaluations), or
-  when its best dev evaluation is in the first four fifths of its evaluations; no when it used
-  its whole step budget and was still improving in the last fifth.
+- Converged: yes when early stopping ended the run (a plateau of `patience` evaluations);
+  otherwise no when it was still improving in its last fifth (`still_improving`: some
+  evaluation among the last fifth beats every earlier one by more than 5% of the run's dev gain
+  and by more than one dev item's worth of score). The report states and applies this rule.
 - Determinism (`cell_scope`): a run's numbers depend only on its inputs (model files, examples,
   config with its seed and thread count), never on where it runs or what ran before it in that
   process. Every draw comes from torch's generators seeded by the run's seed inside a forked,
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -35,7 +36,8 @@ import torch
 
 from pipelines.transfer.heads import TransferError
 
-STILL_IMPROVING = 0.8  # a best evaluation after this fraction of them: still improving
+GAIN_SHARE = 0.95  # "steps to 95% of the gain"; a late rise under 5% of the gain is noise
+TAIL_PARTS = 5  # "the last fifth" of a run's evaluations: ceil(k / 5) of k
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,29 @@ def lr_factor(step: int, plan: Plan) -> float:
     return (plan.steps - step + 1) / (plan.steps - plan.warmup_steps)
 
 
-def is_converged(best_eval: int, n_evals: int, plateaued: bool) -> bool:
-    """False when patience never ran out (the run used its whole budget) and its best dev
-    evaluation (1-based) is in the last fifth of its evaluations: still improving at the end."""
-    return plateaued or best_eval <= STILL_IMPROVING * n_evals
+def tail_improvement(scores: Sequence[float]) -> float:
+    """The best dev score of a run's last fifth of evaluations minus the best before it (<= 0
+    when the last fifth sets no new best); 0 for fewer than 2 evaluations."""
+    k = len(scores)
+    if k < 2:
+        return 0.0
+    tail = max(1, -(-k // TAIL_PARTS))  # ceil(k / 5), at least one evaluation
+    return float(max(scores[k - tail:]) - max(scores[: k - tail]))
+
+
+def still_improving(scores: Sequence[float], min_delta: float = 0.0) -> bool:
+    """Whether a dev curve (evaluations in step order, higher is better) rose in its last fifth
+    by more than 5% of its gain (best minus first) and more than `min_delta` (one dev item's
+    worth of score): a rise that small is noise, not learning. Fewer than 2 evaluations: yes."""
+    if len(scores) < 2:
+        return True
+    gain = max(scores) - scores[0]
+    return tail_improvement(scores) > max((1 - GAIN_SHARE) * gain, min_delta) + 1e-12
+
+
+def is_converged(scores: Sequence[float], plateaued: bool, min_delta: float = 0.0) -> bool:
+    """A run's converged flag: early stopping ended it, or it was not still improving."""
+    return plateaued or not still_improving(scores, min_delta)
 
 
 # torch's default generators and thread count belong to the process: cells sharing one (thread

@@ -335,7 +335,8 @@ def _fit(
         curve=curve,
         best_eval=best,
         steps=step,
-        converged=is_converged(best, len(curve), plateaued),
+        converged=is_converged([e.metrics[judged_by] for e in curve], plateaued,
+                               1 / max(1, len(splits["dev"].labels))),
         dev=curve[best - 1].metrics,
         test=score_split(task, test.labels, pred, test.item_offsets),
         test_predictions=Predictions(

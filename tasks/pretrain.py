@@ -256,4 +256,6 @@ def _adapt(
         f"(parent v{parent.version}); task-text valid loss "
         f"{model.summary['parent_valid_loss']:.3f} -> {model.summary['valid_loss']:.3f}"
     )
+    if (warning := adaptation.overfit_warning(model.summary)) is not None:
+        stage_logger().warning(f"{name}+adapt on {data.name}: {warning}")
     return model

@@ -269,3 +269,19 @@ def adapt(spec: Spec, job: AdaptJob, log: LogFn, stop_at_step: int | None = None
         "lr": loop.lr,
         **{f"data_{k}": v for k, v in (read_manifest(shards) or {}).items() if k != "format"},
     }
+
+
+def overfit_warning(summary: dict[str, Any]) -> str | None:
+    """What to change when adaptation raised the held-out task-text loss: it memorised the
+    task's text (ULMFiT adapts for a few passes over it, not dozens). None when the loss fell."""
+    before, after = summary["parent_valid_loss"], summary["valid_loss"]
+    if after <= before:
+        return None
+    passes = summary["tokens_seen"] / max(1, summary.get("data_tokens_train", 0))
+    return (
+        f"adaptation raised the held-out task-text loss ({before:.3f} -> {after:.3f}) after "
+        f"{summary['steps']} steps, ~{passes:.0f} passes over the task's "
+        f"{summary.get('data_tokens_train', 0):,.0f} training tokens: it overfit the text; "
+        "lower transfer.adapt.max_steps (a few passes) or transfer.adapt.lr"
+    )
+

@@ -201,3 +201,15 @@ def test_the_spec_refuses_adapting_a_model_nobody_makes() -> None:
         }
     )
     assert spec.transfer.adapt.max_steps == 50 and spec.transfer.adapt.lr is None
+
+
+def test_an_adaptation_that_raised_the_held_out_loss_says_it_overfit() -> None:
+    from pipelines.training.adaptation import overfit_warning
+
+    summary = {"parent_valid_loss": 6.214, "valid_loss": 6.407, "steps": 200,
+               "tokens_seen": 409_600, "data_tokens_train": 22_509}
+    warning = overfit_warning(summary)
+    assert warning is not None
+    assert "6.214 -> 6.407" in warning and "~18 passes" in warning
+    assert "transfer.adapt.max_steps" in warning
+    assert overfit_warning({**summary, "valid_loss": 6.0}) is None

@@ -549,7 +549,7 @@ def test_a_run_cut_short_by_the_ceiling_is_not_converged(
     # A late rise under 5% of the gain, or under one dev item's worth, is noise, not learning.
     flat = [0.0, 0.5, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.92]
     assert is_converged(flat, plateaued=False)
-    assert not is_converged(flat[:-1] + [0.99], plateaued=False)  # +0.09 of a 0.99 gain
+    assert not is_converged([*flat[:-1], 0.99], plateaued=False)  # +0.09 of a 0.99 gain
     assert not is_converged([0.0, 0.5, 0.5, 0.5, 0.55], plateaued=False)  # 0.05 > 5% of 0.55
     assert is_converged([0.0, 0.5, 0.5, 0.5, 0.55], plateaued=False, min_delta=0.06)
 

@@ -90,6 +90,13 @@ class BERTSpec(Strict):
     mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Chosen -> [MASK].")
     random_replace_prob: float = Field(0.1, ge=0, le=1, description="Chosen -> random token.")
     next_sentence_prob: float = Field(0.5, ge=0, le=1, description="Share of true next sentences.")
+    output_bias: Literal["unigram", "zero"] = Field(
+        "unigram",
+        description="MLM output bias at step 0: the train split's unigram log probabilities "
+        "(the model starts at word frequencies, which Adam's bias steps of ~lr would take "
+        "thousands of steps to reach) or zero (transformers' init: the tied word embeddings "
+        "learn the frequencies instead, as one shared direction of every input vector).",
+    )
     loop: LoopSpec = LoopSpec()
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.data.lm_data import LMDataError, open_split
+from pipelines.data.lm_data import LMDataError, open_split, unigram_log_probs
 from pipelines.data.sentences import split_sentences
 from pipelines.data.tokenizer_training import (
     load_raw_tokenizer,
@@ -26,7 +26,14 @@ from pipelines.data.tokenizer_training import (
     save_tokenizer,
     train_tokenizer,
 )
-from pipelines.models.bert import BertError, bert_layer_states, build_bert, load_bert, save_bert
+from pipelines.models.bert import (
+    BertError,
+    bert_layer_states,
+    build_bert,
+    init_output_bias,
+    load_bert,
+    save_bert,
+)
 from pipelines.models.bert_data import (
     IS_NEXT,
     NOT_NEXT,
@@ -467,6 +474,32 @@ def test_loss_decreases_with_the_training_loop(corpus, tmp_path):
     assert train_logs[-1]["mlm_loss"] < train_logs[0]["mlm_loss"] - 0.5
     assert valid_logs[-1]["valid_mlm_loss"] < 6.4
     assert train_logs[-1]["mlm_acc"] > 0.02
+
+
+def test_unigram_output_bias_starts_mlm_at_word_frequencies(corpus):
+    """BERT's default start: the MLM output bias = the train split's unigram log probabilities,
+    so step 0 scores the unigram cross-entropy of the masked tokens, not ln(vocab): AdamW would
+    move a zero bias ~lr a step, and the tied embeddings would learn frequencies instead."""
+    assert BERTSpec().output_bias == "unigram"
+    spec = tiny_spec()
+    vocab = corpus["vocab"]
+    log_probs = unigram_log_probs(corpus["tokens_dir"], vocab.size)
+    batch = next(iter(objective_for(corpus, spec).valid_batches(1)))
+    labels = batch["mlm_labels"][batch["mlm_labels"] != IGNORE_INDEX].numpy()
+    unigram_ce = float(-log_probs[labels].mean())
+
+    def mlm_loss(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(model.eval()(**batch).mlm_loss)
+
+    model = build_bert(spec, vocab.size, vocab.pad_id)
+    assert mlm_loss(model) == pytest.approx(np.log(vocab.size), abs=0.05)  # transformers' zero
+    init_output_bias(model, log_probs)
+    assert torch.equal(model.cls.predictions.decoder.bias, torch.from_numpy(log_probs).float())
+    assert mlm_loss(model) == pytest.approx(unigram_ce, abs=0.05)
+    assert mlm_loss(model) < np.log(vocab.size) - 0.5
+    with pytest.raises(BertError, match="do not fit the MLM output bias"):
+        init_output_bias(model, log_probs[:-1])
 
 
 def test_cpu_bf16_autocast_ends_within_tolerance_of_fp32(corpus, tmp_path):

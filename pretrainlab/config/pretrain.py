@@ -97,12 +97,28 @@ class BERTSpec(Strict):
         "thousands of steps to reach) or zero (transformers' init: the tied word embeddings "
         "learn the frequencies instead, as one shared direction of every input vector).",
     )
+    short_seq_len: int | None = Field(
+        None,
+        ge=8,
+        description="Devlin et al.'s length schedule: train pairs of this length for the first "
+        "short_seq_share of the steps, then max_seq_len (valid pairs: always max_seq_len). At "
+        "step 0 attention is uniform, so a neighbour's share of a [MASK]'s context is 1/length: "
+        "short pairs learn local attention sooner. None: max_seq_len throughout.",
+    )
+    short_seq_share: float = Field(
+        0.9, gt=0, lt=1, description="Share of loop.max_steps trained at short_seq_len."
+    )
     loop: LoopSpec = LoopSpec()
 
     @model_validator(mode="after")
     def _replacement_shares(self) -> BERTSpec:
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
+        if self.short_seq_len is not None and self.short_seq_len >= self.max_seq_len:
+            raise ValueError(
+                f"short_seq_len {self.short_seq_len} must be below max_seq_len "
+                f"{self.max_seq_len} (or null for one length throughout)"
+            )
         return self
 
 

@@ -93,17 +93,15 @@ class BERTSpec(Strict):
     output_bias: Literal["unigram", "zero"] = Field(
         "unigram",
         description="MLM output bias at step 0: the train split's unigram log probabilities "
-        "(the model starts at word frequencies, which Adam's bias steps of ~lr would take "
-        "thousands of steps to reach) or zero (transformers' init: the tied word embeddings "
-        "learn the frequencies instead, as one shared direction of every input vector).",
+        "(start at word frequencies) or zero (transformers' init; the tied word embeddings "
+        "then learn the frequencies, as one shared direction of every input vector).",
     )
     short_seq_len: int | None = Field(
         None,
         ge=8,
-        description="Devlin et al.'s length schedule: train pairs of this length for the first "
-        "short_seq_share of the steps, then max_seq_len (valid pairs: always max_seq_len). At "
-        "step 0 attention is uniform, so a neighbour's share of a [MASK]'s context is 1/length: "
-        "short pairs learn local attention sooner. None: max_seq_len throughout.",
+        description="Devlin et al.'s length schedule: pairs of this length for the first "
+        "short_seq_share of the steps, then max_seq_len (valid: always max_seq_len). Attention "
+        "starts uniform, so short pairs learn to look at neighbours sooner. null: one length.",
     )
     short_seq_share: float = Field(
         0.9, gt=0, lt=1, description="Share of loop.max_steps trained at short_seq_len."

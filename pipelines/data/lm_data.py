@@ -264,13 +264,20 @@ def unigram_entropy(
     add-one smoothed over `vocab_size` so unseen tokens cost log(total), not infinity. With
     `eos_id`, one end-of-document token per document is counted, as packed LM blocks hold.
     """
-    files = token_parts(tokens_dir)
-    train = _counts(files, "train", vocab_size, eos_id)
-    target = _counts(files, split, vocab_size, eos_id)
+    target = _counts(token_parts(tokens_dir), split, vocab_size, eos_id)
     if target.sum() == 0:
         raise LMDataError(f"{tokens_dir}: split {split!r} has no tokens")
-    log_p = np.log(train + 1.0) - math.log(train.sum() + vocab_size)
+    log_p = unigram_log_probs(tokens_dir, vocab_size, eos_id)
     return float(-(target * log_p).sum() / target.sum())
+
+
+def unigram_log_probs(
+    tokens_dir: str | Path, vocab_size: int, eos_id: int | None = None
+) -> np.ndarray:
+    """(vocab_size,) log probabilities of the add-one smoothed unigram model of the train split:
+    the reference `unigram_entropy` scores against, and BERT's starting MLM output bias."""
+    train = _counts(token_parts(tokens_dir), "train", vocab_size, eos_id)
+    return np.log(train + 1.0) - math.log(train.sum() + vocab_size)
 
 
 def _counts(files: list[Path], split: str, vocab_size: int, eos_id: int | None) -> np.ndarray:

@@ -188,10 +188,18 @@ def encode_pair(pair: Pair, vocab: BertVocab, max_seq_len: int) -> dict[str, np.
 # -------------------------------------------------------------------------------- 2. the objective
 
 
-def max_predictions(spec: BERTSpec) -> int:
-    """The most tokens one sequence can have masked: mlm_probability of its non-special
-    tokens, rounded up (masking rounds stochastically, never above the ceiling)."""
-    return math.ceil(spec.mlm_probability * (spec.max_seq_len - 3))
+def max_predictions(spec: BERTSpec, seq_len: int | None = None) -> int:
+    """The most tokens one sequence of `seq_len` (default max_seq_len) can have masked:
+    mlm_probability of its non-special tokens, rounded up (masking rounds stochastically,
+    never above the ceiling)."""
+    return math.ceil(spec.mlm_probability * ((seq_len or spec.max_seq_len) - 3))
+
+
+def short_steps(spec: BERTSpec) -> int:
+    """Steps 1..this train on `short_seq_len` pairs (0 without a length schedule)."""
+    if spec.short_seq_len is None:
+        return 0
+    return round(spec.short_seq_share * spec.loop.max_steps)
 
 
 class BERTObjective:
@@ -199,7 +207,8 @@ class BERTObjective:
 
     Example i of step t is a pure function of (seed, t, i): its pair and its masking are drawn
     from generators seeded by those keys, so any split of the global batch over micro-batches
-    and DDP ranks gives the same examples.
+    and DDP ranks gives the same examples. Under a length schedule (`short_seq_len`) the first
+    `short_steps` steps draw shorter pairs; valid pairs are always `max_seq_len` long.
     """
 
     def __init__(
@@ -216,20 +225,27 @@ class BERTObjective:
         self.vocab = vocab
         self.seed = seed
         self.n_predictions = max_predictions(spec)
-        self._samplers: dict[str, PairSampler] = {}
+        self._samplers: dict[tuple[str, int], PairSampler] = {}
         self._valid: list[dict[str, torch.Tensor]] = []
         self._sampler("train")  # fail now, not at step 1, on shards that cannot serve NSP
 
-    def _sampler(self, split: str) -> PairSampler:
-        if split not in self._samplers:
+    def _sampler(self, split: str, seq_len: int | None = None) -> PairSampler:
+        key = (split, seq_len or self.spec.max_seq_len)
+        if key not in self._samplers:
             tokens = open_split(self.tokens_dir, split, self.cache_dir)
             tokens.check_vocab(self.vocab.size, "the BERT tokenizer")
             try:
-                sampler = PairSampler(tokens, self.spec.max_seq_len, self.spec.next_sentence_prob)
+                sampler = PairSampler(tokens, key[1], self.spec.next_sentence_prob)
             except BertError as error:
                 raise BertError(f"{self.tokens_dir} ({split} split): {error}") from None
-            self._samplers[split] = sampler
-        return self._samplers[split]
+            self._samplers[key] = sampler
+        return self._samplers[key]
+
+    def seq_len_at(self, step: int) -> int:
+        """Pair length of training step `step` (1-based): short_seq_len, then max_seq_len."""
+        if step <= short_steps(self.spec) and self.spec.short_seq_len is not None:
+            return self.spec.short_seq_len
+        return self.spec.max_seq_len
 
     def _replacement(self, split: str) -> tuple[float, float]:
         """Chosen tokens -> ([MASK], random) shares. Train: the spec's mix. Valid: every chosen
@@ -240,11 +256,13 @@ class BERTObjective:
             return 1.0, 0.0
         return self.spec.mask_replace_prob, self.spec.random_replace_prob
 
-    def example(self, split: str, *keys: int) -> dict[str, np.ndarray]:
-        """One masked NSP example, every draw from one generator seeded by (seed, *keys)."""
+    def example(self, split: str, *keys: int, seq_len: int | None = None) -> dict[str, np.ndarray]:
+        """One masked NSP example of `seq_len` (default max_seq_len) tokens, every draw from
+        one generator seeded by (seed, *keys)."""
+        seq_len = seq_len or self.spec.max_seq_len
         rng = np.random.default_rng([self.seed, *keys])
-        pair = self._sampler(split).sample(rng)
-        encoded = encode_pair(pair, self.vocab, self.spec.max_seq_len)
+        pair = self._sampler(split, seq_len).sample(rng)
+        encoded = encode_pair(pair, self.vocab, seq_len)
         masked, labels = mask_tokens(
             encoded["input_ids"],
             encoded["special_mask"],
@@ -256,8 +274,9 @@ class BERTObjective:
             special_ids=self.vocab.special_ids,
         )
         positions = np.flatnonzero(labels != IGNORE_INDEX)
-        mlm_positions = np.zeros(self.n_predictions, dtype=np.int64)  # spare slots: [CLS] ...
-        mlm_labels = np.full(self.n_predictions, IGNORE_INDEX, dtype=np.int64)  # ... unlabelled
+        slots = max_predictions(self.spec, seq_len)
+        mlm_positions = np.zeros(slots, dtype=np.int64)  # spare slots: [CLS] ...
+        mlm_labels = np.full(slots, IGNORE_INDEX, dtype=np.int64)  # ... unlabelled
         mlm_positions[: len(positions)] = positions
         mlm_labels[: len(positions)] = labels[positions]
         return {
@@ -273,7 +292,10 @@ class BERTObjective:
         self, step: int, micro: int, n_micro: int, rank: int, world: int
     ) -> dict[str, torch.Tensor]:
         indices = micro_examples(self.spec.loop.batch_size, micro, n_micro, rank, world)
-        return _stack([self.example("train", TRAIN_STREAM, step, i) for i in indices])
+        seq_len = self.seq_len_at(step)
+        return _stack(
+            [self.example("train", TRAIN_STREAM, step, i, seq_len=seq_len) for i in indices]
+        )
 
     def valid_batches(self, n: int) -> Iterable[dict[str, torch.Tensor]]:
         size = self.spec.loop.batch_size // self.spec.loop.grad_accum  # one micro-batch's memory

@@ -166,6 +166,8 @@ def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     vocab = bert_data.BertVocab.from_tokenizer(load_tokenizer(job.tokenizer_dir))
     loop = spec.pretrain.bert.loop
     model = bert.build_bert(spec.pretrain.bert, vocab.size, vocab.pad_id)
+    if spec.pretrain.bert.output_bias == "unigram":  # a resumed run's checkpoint overrides it
+        bert.init_output_bias(model, lm_data.unigram_log_probs(job.tokens_dir, vocab.size))
     objective = bert_data.BERTObjective(
         job.tokens_dir, spec.pretrain.bert, vocab, loop.seed, cache_dir=job.work_dir / "data"
     )
@@ -174,7 +176,6 @@ def _bert(spec: Spec, job: PretrainJob, log: LogFn, stop_at_step: int | None) ->
     def remember(metrics: dict[str, float], step: int) -> None:
         latest.update(metrics)
         log(metrics, step)
-
 
     def save(m: Any, out: Path) -> None:
         bert.save_bert(m, job.tokenizer_dir, out)

@@ -90,12 +90,33 @@ class BERTSpec(Strict):
     mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Chosen -> [MASK].")
     random_replace_prob: float = Field(0.1, ge=0, le=1, description="Chosen -> random token.")
     next_sentence_prob: float = Field(0.5, ge=0, le=1, description="Share of true next sentences.")
+    output_bias: Literal["unigram", "zero"] = Field(
+        "unigram",
+        description="MLM output bias at step 0: the train split's unigram log probabilities "
+        "(start at word frequencies) or zero (transformers' init; the tied word embeddings "
+        "then learn the frequencies, as one shared direction of every input vector).",
+    )
+    short_seq_len: int | None = Field(
+        None,
+        ge=8,
+        description="Devlin et al.'s length schedule: pairs of this length for the first "
+        "short_seq_share of the steps, then max_seq_len (valid: always max_seq_len). Attention "
+        "starts uniform, so short pairs learn to look at neighbours sooner. null: one length.",
+    )
+    short_seq_share: float = Field(
+        0.9, gt=0, lt=1, description="Share of loop.max_steps trained at short_seq_len."
+    )
     loop: LoopSpec = LoopSpec()
 
     @model_validator(mode="after")
     def _replacement_shares(self) -> BERTSpec:
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ValueError("mask_replace_prob + random_replace_prob must be <= 1")
+        if self.short_seq_len is not None and self.short_seq_len >= self.max_seq_len:
+            raise ValueError(
+                f"short_seq_len {self.short_seq_len} must be below max_seq_len "
+                f"{self.max_seq_len} (or null for one length throughout)"
+            )
         return self
 
 

@@ -18,7 +18,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pipelines.data.lm_data import LMDataError, open_split
+from pipelines.data.lm_data import LMDataError, open_split, unigram_log_probs
 from pipelines.data.sentences import split_sentences
 from pipelines.data.tokenizer_training import (
     load_raw_tokenizer,
@@ -26,7 +26,14 @@ from pipelines.data.tokenizer_training import (
     save_tokenizer,
     train_tokenizer,
 )
-from pipelines.models.bert import BertError, bert_layer_states, build_bert, load_bert, save_bert
+from pipelines.models.bert import (
+    BertError,
+    bert_layer_states,
+    build_bert,
+    init_output_bias,
+    load_bert,
+    save_bert,
+)
 from pipelines.models.bert_data import (
     IS_NEXT,
     NOT_NEXT,
@@ -293,6 +300,24 @@ def test_valid_batches_mask_every_chosen_token_whatever_the_training_mix(corpus)
     assert not (train["input_ids"][chosen] == vocab.mask_id).any()
 
 
+def test_length_schedule_trains_short_pairs_first_then_max_seq_len(corpus):
+    """short_seq_len: steps 1..share x max_steps draw pairs of that length (fewer MLM slots),
+    later steps and every valid batch max_seq_len; without it one length throughout."""
+    spec = tiny_spec({"max_steps": 10}, short_seq_len=16, short_seq_share=0.5)
+    objective = objective_for(corpus, spec)
+    early, late = objective.train_batch(5, 0, 1, 0, 1), objective.train_batch(6, 0, 1, 0, 1)
+    assert early["input_ids"].shape == (8, 16) and late["input_ids"].shape == (8, 32)
+    assert early["mlm_labels"].shape == (8, max_predictions(spec, 16)) == (8, 2)
+    assert late["mlm_labels"].shape == (8, max_predictions(spec)) == (8, 5)
+    assert int(early["attention_mask"].sum(1).max()) <= 16
+    assert int((early["input_ids"] == corpus["vocab"].sep_id).sum()) == 2 * 8  # whole pairs
+    assert next(iter(objective.valid_batches(1)))["input_ids"].shape[1] == 32
+    plain = objective_for(corpus, tiny_spec({"max_steps": 10}))
+    assert plain.train_batch(1, 0, 1, 0, 1)["input_ids"].shape == (8, 32)
+    with pytest.raises(ValueError, match="short_seq_len 32 must be below max_seq_len 32"):
+        tiny_spec(short_seq_len=32)
+
+
 def test_global_batch_is_the_same_for_any_split_over_ranks_and_micro_batches(corpus):
     objective = objective_for(corpus, tiny_spec())
     whole = objective.train_batch(3, 0, 1, 0, 1)
@@ -467,6 +492,32 @@ def test_loss_decreases_with_the_training_loop(corpus, tmp_path):
     assert train_logs[-1]["mlm_loss"] < train_logs[0]["mlm_loss"] - 0.5
     assert valid_logs[-1]["valid_mlm_loss"] < 6.4
     assert train_logs[-1]["mlm_acc"] > 0.02
+
+
+def test_unigram_output_bias_starts_mlm_at_word_frequencies(corpus):
+    """BERT's default start: the MLM output bias = the train split's unigram log probabilities,
+    so step 0 scores the unigram cross-entropy of the masked tokens, not ln(vocab): AdamW would
+    move a zero bias ~lr a step, and the tied embeddings would learn frequencies instead."""
+    assert BERTSpec().output_bias == "unigram"
+    spec = tiny_spec()
+    vocab = corpus["vocab"]
+    log_probs = unigram_log_probs(corpus["tokens_dir"], vocab.size)
+    batch = next(iter(objective_for(corpus, spec).valid_batches(1)))
+    labels = batch["mlm_labels"][batch["mlm_labels"] != IGNORE_INDEX].numpy()
+    unigram_ce = float(-log_probs[labels].mean())
+
+    def mlm_loss(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(model.eval()(**batch).mlm_loss)
+
+    model = build_bert(spec, vocab.size, vocab.pad_id)
+    assert mlm_loss(model) == pytest.approx(np.log(vocab.size), abs=0.15)  # transformers' zero
+    init_output_bias(model, log_probs)
+    assert torch.equal(model.cls.predictions.decoder.bias, torch.from_numpy(log_probs).float())
+    assert mlm_loss(model) == pytest.approx(unigram_ce, abs=0.1)
+    assert mlm_loss(model) < np.log(vocab.size) - 0.5
+    with pytest.raises(BertError, match="do not fit the MLM output bias"):
+        init_output_bias(model, log_probs[:-1])
 
 
 def test_cpu_bf16_autocast_ends_within_tolerance_of_fp32(corpus, tmp_path):

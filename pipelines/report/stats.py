@@ -424,10 +424,41 @@ def seeds_needed(
     if sd <= 0:  # differences that never vary: any non-zero difference shows with 2 seeds
         return SeedPlan(MIN_SEEDS, abs(target), 0.0, math.inf, alpha, power)
     effect = abs(target) / sd
-    if abs(target) >= minimum_detectable_effect(MIN_SEEDS, sd, alpha=alpha, power=power):
-        n = float(MIN_SEEDS)  # the root finder fails above the 2-seed effect; 2 already suffice
-    else:
-        n = TTestPower().solve_power(
-            effect_size=effect, nobs=None, alpha=alpha, power=power, alternative="two-sided"
-        )
-    return SeedPlan(max(MIN_SEEDS, math.ceil(float(n))), abs(target), sd, effect, alpha, power)
+    return SeedPlan(_least_seeds(effect, alpha, power), abs(target), sd, effect, alpha, power)
+
+
+MAX_SEEDS_SEARCHED = 2**40  # a planning figure past this is "never", not a number to act on
+
+
+def paired_power(effect: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test with `n` pairs at standardised `effect`: scipy's
+    noncentral t (what statsmodels' `TTestPower` computes). Far in its tail scipy returns NaN
+    (seen: noncentrality 9.4 at 1 degree of freedom); there the normal approximation of the
+    noncentral t, with the t critical value, stands in."""
+    df, noncentrality = n - 1, effect * math.sqrt(n)
+    critical = float(stats.t.ppf(1 - alpha / 2, df))
+    value = float(stats.nct.sf(critical, df, noncentrality)
+                  + stats.nct.cdf(-critical, df, noncentrality))
+    if math.isfinite(value):
+        return value
+    return float(stats.norm.sf(critical - noncentrality)
+                 + stats.norm.cdf(-critical - noncentrality))
+
+
+def _least_seeds(effect: float, alpha: float, power: float) -> int:
+    """The least number of seeds (>= 2) whose paired t-test reaches `power` at `effect`, by
+    searching the power function (monotone in n). statsmodels' `solve_power` root finder
+    returned NaN where the answer lies just above 2 seeds (effect 6.6 sd, alpha 0.05)."""
+
+    def enough(n: int) -> bool:
+        return paired_power(effect, n, alpha) >= power
+
+    low, high = MIN_SEEDS - 1, MIN_SEEDS  # invariant: low is not enough, high is (once found)
+    while not enough(high):
+        if high >= MAX_SEEDS_SEARCHED:
+            return MAX_SEEDS_SEARCHED
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high

@@ -28,6 +28,7 @@ from pipelines.report.stats import (
     holm,
     minimum_detectable_effect,
     paired_bootstrap,
+    paired_power,
     paired_t,
     seeds_needed,
     t_interval,
@@ -224,6 +225,18 @@ def test_seeds_needed_for_the_textbook_case() -> None:
     assert seeds_needed(0.1, sd=0.1).seeds == 10  # d = 1: 9.94 rounds up
     assert seeds_needed(1.0, sd=0.01).seeds == 2  # huge effects never go below 2
     assert seeds_needed(0.05, sd=0.0).seeds == 2
+
+
+def test_seeds_needed_just_above_two_seeds_is_a_number() -> None:
+    """The demo's case (effect 6.6 sd): statsmodels' root finder returned NaN there."""
+    plan = seeds_needed(0.004710362798155926, sd=0.000708665846047897)
+    assert plan.seeds == 3  # 2 pairs: t critical 12.7 at 1 df, noncentrality 9.4
+    assert TTestPower().power(effect_size=plan.effect_size, nobs=3, alpha=0.05) >= 0.8
+    # where statsmodels' power is finite, it is the same function
+    for effect, n in [(0.5, 34), (1.0, 10), (plan.effect_size, 3)]:
+        assert paired_power(effect, n) == pytest.approx(
+            TTestPower().power(effect_size=effect, nobs=n, alpha=0.05))
+    assert 10**6 < seeds_needed(1e-5, sd=0.1).seeds < 10**10  # tiny effects: large, finite
 
 
 def test_minimum_detectable_effect_has_the_stated_power() -> None:

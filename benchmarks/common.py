@@ -13,6 +13,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -136,6 +138,36 @@ def write_rows(rows: list[Row], path: Path) -> None:
 
 def read_rows(path: Path) -> list[Row]:
     return [Row(**item) for item in json.loads(path.read_text(encoding="utf-8"))]
+
+
+# ------------------------------------------------------------------------ child commands
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One finished command: wall seconds, CPU seconds and peak RSS (MB) of it and the children
+    it waited for, and its output (stdout and stderr)."""
+
+    seconds: float
+    cpu: float
+    peak_rss_mb: float
+    output: str
+
+
+def timed_command(command: list[str], env: dict[str, str]) -> Timed:
+    """Run `command` to completion (output to a temporary file, so no pipe can fill up); a
+    failure exits the benchmark with the command's exit code and output tail."""
+    started = time.perf_counter()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        log.seek(0)
+        output = log.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(command)} failed (exit {code}):\n{output[-3000:]}")
+    return Timed(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, output)
 
 
 # ----------------------------------------------------------------------------- memory

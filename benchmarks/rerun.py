@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import Row, print_rows, write_rows
+from benchmarks.common import Row, print_rows, timed_command, write_rows
 from tests.flows.tiny_specs import tiny_spec_dict
 
 GOAL_SECONDS = 15.0
@@ -57,19 +55,8 @@ def small_spec(store: Path) -> dict:
 def run_once(spec_path: Path, env: dict[str, str]) -> tuple[float, float, str]:
     """Wall seconds and peak RSS (MB) of one `pretrainlab run`, and its output's tail."""
     cli = Path(sys.executable).with_name("pretrainlab")
-    started = time.perf_counter()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(
-            [str(cli), "run", str(spec_path)], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        log.seek(0)
-        output = log.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"pretrainlab run {spec_path} failed (exit {code}):\n{output[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024, output
+    timed = timed_command([str(cli), "run", str(spec_path)], env)
+    return timed.seconds, timed.peak_rss_mb, timed.output
 
 
 def rows(runs: int, workdir: Path) -> list[Row]:

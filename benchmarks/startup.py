@@ -19,13 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.common import Row, print_rows, write_rows
+from benchmarks.common import Row, print_rows, timed_command, write_rows
 
 GOAL_WARM_S = 8.0
 # `pretrainlab run ...` with phase marks: seconds since start at each TemporaryApi call.
@@ -92,25 +90,11 @@ def _spec(workdir: Path, store: Path, name: str) -> Path:
     return spec
 
 
-def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds and CPU seconds (it and its children) of one command, and its output."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile(mode="w+") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        log.seek(0)
-        output = log.read()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command)} failed (exit {code}):\n{output[-3000:]}")
-    return seconds, usage.ru_utime + usage.ru_stime, output
-
-
 def _run(spec: Path, env: dict[str, str]) -> tuple[float, float, dict[str, float]]:
     """Wall and CPU seconds of `pretrainlab run SPEC --until ingest`, and its phases."""
     command = [sys.executable, "-c", TRACED, "run", str(spec), "--until", "ingest"]
-    seconds, cpu, output = _timed(command, env)
+    timed = timed_command(command, env)
+    seconds, cpu, output = timed.seconds, timed.cpu, timed.output
     line = next(x for x in reversed(output.splitlines()) if x.startswith("MARKS "))
     marks = {None: 0.0, **json.loads(line.removeprefix("MARKS "))}
     phases = {}
@@ -143,7 +127,7 @@ def measure(runs: int, workdir: Path) -> dict[str, list[float]]:
             flush=True,
         )
     for _ in range(runs):
-        found["api"].append(float(_timed([sys.executable, "-c", API_BOOT], warm_env)[2]))
+        found["api"].append(float(timed_command([sys.executable, "-c", API_BOOT], warm_env).output))
     return found
 
 

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from benchmarks.common import Row, print_rows, write_rows
+from benchmarks.common import Row, print_rows, timed_command, write_rows
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 RUNNERS = ("thread", "dask", "ray")
@@ -59,16 +56,8 @@ def _cli(spec: Path, *args: str, api_url: str | None = None) -> tuple[float, flo
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # fmt: skip
     if api_url:  # Ray's workers report to a Prefect server the driver shares with them
         env["PREFECT_API_URL"] = api_url
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pretrainlab.cli", "run", str(spec), *args],
-                          env=env, capture_output=True, text=True)  # fmt: skip
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise SystemExit(f"pretrainlab run {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    timed = timed_command([sys.executable, "-m", "pretrainlab.cli", "run", str(spec), *args], env)
+    return timed.seconds, timed.cpu
 
 
 def _fresh_copy(base: Path, target: Path) -> None:

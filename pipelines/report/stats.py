@@ -33,6 +33,7 @@ ALPHA = 0.05  # two-sided significance level of every test
 POWER = 0.80  # power at which the minimum detectable effect and seed counts are computed
 CONFIDENCE = 0.95  # level of every interval
 MIN_SEEDS = 2  # a paired comparison over fewer seeds gets no verdict
+SIGN_TEST_SEEDS = next(n for n in range(2, 64) if 2.0 ** (1 - n) < ALPHA)  # 6 at 0.05
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 
@@ -42,8 +43,11 @@ RULE = f"""\
 **How verdicts are reached.** Each cell compares two arms run with the same seeds (a seed \
 fixes the labelled subset and the head initialisation), on the task's headline metric, so the \
 comparison is paired by seed: the per-seed differences (first arm minus second) give a mean \
-difference, its {CONFIDENCE:.0%} t interval and a two-sided paired t-test p-value. A cell \
-with fewer than {MIN_SEEDS} seeds gets no verdict. A paired bootstrap over test examples × \
+difference, its {CONFIDENCE:.0%} t interval and a two-sided paired t-test p-value. When every \
+seed gives the same difference (zero variance, e.g. step counts read at evaluation resolution) \
+the t statistic is undefined, and the p-value is the exact sign test's, 2^(1-n) for n seeds: \
+no seed count below {SIGN_TEST_SEEDS} can make it significant. A cell with fewer than \
+{MIN_SEEDS} seeds gets no verdict. A paired bootstrap over test examples × \
 seeds ({BOOTSTRAP_RESAMPLES:,} resamples, seeded) is shown beside it: it also counts test-set \
 sampling noise, but with few seeds it underestimates seed-to-seed variance, so it never \
 decides a verdict.
@@ -205,7 +209,9 @@ def paired_t(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison | Ins
     """Paired t-test of arm `a` against arm `b`, each a {seed: score} map (scipy `ttest_rel`).
 
     Pairs on the seeds both arms ran. When every seed gives the same difference the t statistic
-    is infinite: p is 0 (1 if that difference is 0) and the interval collapses to it.
+    is undefined: p is the exact two-sided sign test's (scipy `binomtest`: 2^(1-n), so 2 or 3
+    identical differences are never significant; 1 if that difference is 0) and the interval
+    collapses to it.
     """
     seeds = _common_seeds(a, b)
     if len(seeds) < MIN_SEEDS:
@@ -215,7 +221,8 @@ def paired_t(a: Mapping[int, float], b: Mapping[int, float]) -> Comparison | Ins
     d = x - y
     mean = float(d.mean())
     if _is_constant(d):
-        p = 1.0 if abs(mean) <= 1e-12 else 0.0
+        n = len(seeds)
+        p = 1.0 if abs(mean) <= 1e-12 else float(stats.binomtest(n, n, 0.5).pvalue)
         return Comparison(Method.PAIRED_T, seeds, mean, mean, mean, p, 0.0)
     res = stats.ttest_rel(x, y)
     ci = res.confidence_interval(CONFIDENCE)
@@ -437,12 +444,14 @@ def paired_power(effect: float, n: int, alpha: float = ALPHA) -> float:
     noncentral t, with the t critical value, stands in."""
     df, noncentrality = n - 1, effect * math.sqrt(n)
     critical = float(stats.t.ppf(1 - alpha / 2, df))
-    value = float(stats.nct.sf(critical, df, noncentrality)
-                  + stats.nct.cdf(-critical, df, noncentrality))
+    value = float(
+        stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality)
+    )
     if math.isfinite(value):
         return value
-    return float(stats.norm.sf(critical - noncentrality)
-                 + stats.norm.cdf(-critical - noncentrality))
+    return float(
+        stats.norm.sf(critical - noncentrality) + stats.norm.cdf(-critical - noncentrality)
+    )
 
 
 def _least_seeds(effect: float, alpha: float, power: float) -> int:

@@ -55,10 +55,18 @@ def final_accuracy(task: str, family: str, mode: str, budget: str, pretrained_wi
     return table[mode]
 
 
+def seed_noise(seed: int, top: float) -> float:
+    """A seed's offset, zero on average over SEEDS and scaled by the arm's level: two arms at
+    different levels then differ by a little more on one seed than another. Noise shared
+    exactly by both arms would make every paired difference identical (zero variance), which
+    the statistics rightly read as no evidence at 3 seeds."""
+    return 0.01 * (seed - 1) * (1 + top)
+
+
 def run_rows(task: str, family: str, mode: str, budget: str, seed: int, lr: float, top: float):
     """Dev rows per epoch (finetune fast, scratch slow) and test rows at the best dev epoch."""
     shape = (0.5, 0.7, 0.9, 1.0) if mode == "scratch" else (0.9, 1.0, 1.0, 1.0)
-    noise = 0.01 * (seed - 1)
+    noise = seed_noise(seed, top)
     dev = [top * s + noise - (0.1 if lr == BAD_LR else 0) for s in shape]
     test = top + noise if lr == GOOD_LR else 0.3  # a wrong lr choice would show as 0.3
     best_epoch = max(range(len(dev)), key=lambda e: (dev[e], -e)) + 1
@@ -73,7 +81,8 @@ def run_rows(task: str, family: str, mode: str, budget: str, seed: int, lr: floa
         lr,
     )
     rows = [(*common, e + 1, "dev", "accuracy", v, None) for e, v in enumerate(dev)]
-    rows += [(*common, e + 1, "dev", "step", 10.0 * (e + 1), None) for e in range(len(dev))]
+    steps = [(100.0 + seed - 1) * (e + 1) for e in range(len(dev))]  # 100 a seed's interval ±1
+    rows += [(*common, e + 1, "dev", "step", v, None) for e, v in enumerate(steps)]
     rows.append((*common, best_epoch, "test", "accuracy", test, None))
     rows.append((*common, best_epoch, "test", "macro_f1", test - 0.05, None))
     return rows
@@ -118,7 +127,8 @@ def transfer_rows(pretrained_wins: bool, tasks: tuple[str, ...]) -> list[tuple]:
 def _probe_metrics(task: str, layer: int, top_layer: int, seed: int) -> dict[str, float]:
     """A probe layer's numbers: tags with a control (selectivity highest at layer 1, where
     the control fits least), WiC with its floor (highest above it at the top)."""
-    accuracy = (0.8 if layer == top_layer else 0.6) + 0.01 * seed
+    base = 0.8 if layer == top_layer else 0.6
+    accuracy = base + 0.01 * seed + seed_noise(seed, base) / 2
     if task == "wic":
         return {"accuracy": accuracy, "floor": 0.5, "above_floor": accuracy - 0.5,
                 "relative_depth": layer / 2}  # fmt: skip
@@ -318,14 +328,14 @@ def test_unequal_learning_rate_grids_are_flagged(tmp_path: Path) -> None:
 def test_few_labels_supported_with_numbers(report: ReportResult) -> None:
     c = claim(report, "Pretrained beats scratch")
     # Every pair but word2vec on WiC (static: 0.51 whatever the mode) is better, paired by
-    # seed (the seeds' noise is shared by both arms, so every paired difference is the same).
+    # seed: seed noise scales with the arm's level, so 0.70 vs 0.55 differs by 0.15 ± 0.0015.
     assert c.verdict == SUPPORTED
     assert "finetune vs scratch at 50 labels): supported" in c.line
     assert "word2vec/wic 0.510 vs 0.510, +0.000 [+0.000, +0.000] no detectable difference" in (
         c.line
     )
     # finetune 0.70 vs scratch 0.55 at 50 labels; the lr chosen on dev, never the bad one.
-    assert "gpt/polarity 0.700 vs 0.550, +0.150 [+0.150, +0.150] better" in c.line
+    assert "gpt/polarity 0.700 vs 0.550, +0.150 [+0.146, +0.154] better" in c.line
     assert "needs 2 seeds" in c.pilot and "this run's seeds can detect it" in c.pilot
 
 
@@ -334,13 +344,14 @@ def test_few_labels_flipped_is_contradicted(tmp_path: Path) -> None:
     result = build_report(store.path, tmp_path / "out")
     c = claim(result, "Pretrained beats scratch")
     assert c.verdict == CONTRADICTED
-    assert "0.700 vs 0.750, -0.050 [-0.050, -0.050] worse" in c.line
+    assert "0.700 vs 0.750, -0.050 [-0.051, -0.049] worse" in c.line
 
 
 def test_other_claims_read_the_designed_data(report: ReportResult) -> None:
     conv = claim(report, "Pretrained converges")
-    assert conv.verdict == SUPPORTED  # steps to 95% of the gain: 20 vs 40 on every seed
-    assert "gpt/polarity@50 20.0 vs 40.0, -20.0 [-20.0, -20.0] fewer steps" in conv.line
+    # steps to 95% of the gain: the 2nd evaluation vs the 4th, at 100 ±1 steps an evaluation
+    assert conv.verdict == SUPPORTED
+    assert "gpt/polarity@50 200.0 vs 400.0, -200.0 [-205.0, -195.0] fewer steps" in conv.line
     assert claim(report, "Fine-tuning beats frozen").verdict == SUPPORTED  # w2v/wic: no diff
     partial = claim(report, "Loading more pretrained layers")
     assert partial.verdict == SUPPORTED and "k=0 0.550, k=1 0.620" in partial.line
@@ -365,7 +376,7 @@ def test_cell_table_and_convergence_marks(report: ReportResult) -> None:
     assert "## 9. Paired comparisons behind the claims" in md
     # claim | cell | seeds | diff | t interval | p (Holm) | verdict | MDE | bootstrap | converged
     row = ("| Pretrained beats scratch when labels are few | gpt/polarity | 3 | +0.150 | "
-           "[+0.150, +0.150] | 0 | better | 0.000 | n/a | yes |")  # fmt: skip
+           "[+0.146, +0.154] | ")  # fmt: skip
     assert row in md
     assert "steps to 95% of gain [95% CI]" in md
 
@@ -373,8 +384,8 @@ def test_cell_table_and_convergence_marks(report: ReportResult) -> None:
 def test_sections_show_tables_and_flags(report: ReportResult) -> None:
     md = report.markdown_path.read_text()
     assert "**Learned little** (valid loss near unigram entropy): elmo" in md
-    # Score table: seeds 0.69/0.70/0.71 -> mean 0.700, t(2)·sd/√3 = 4.303·0.01/1.732 = 0.0248.
-    assert "| polarity | gpt | finetune | 50 | 0.700 ±0.025 | 3 | 0.650 ±0.025 |" in md
+    # Score table: seeds 0.683/0.700/0.717 -> mean 0.700, t(2)·sd/√3 = 4.303·0.017/1.732 = 0.042.
+    assert "| polarity | gpt | finetune | 50 | 0.700 ±0.042 | 3 | 0.650 ±0.042 |" in md
     assert "below baseline 0.850 (tfidf_logreg)" in md
     assert "| bert | 1 | 0.800 | 0.500 | 0.300 |" in md  # polysemy separation
     assert "Skipped: needs two BERT model versions" in md
@@ -426,7 +437,7 @@ def test_each_seed_keeps_the_rate_it_chose_on_dev(tmp_path: Path) -> None:
     with open_catalog(layout.store) as query:
         stat = Data(query).score("polarity", "gpt", "finetune", "50")
     assert stat is not None and stat.n == 2
-    assert stat.mean == pytest.approx((0.7 - 0.01 + 0.3) / 2)
+    assert stat.mean == pytest.approx((0.7 + seed_noise(0, 0.7) + 0.3) / 2)
 
 
 def test_report_of_one_experiment_leaves_out_the_others(tmp_path: Path) -> None:
@@ -469,7 +480,7 @@ def test_partial_k_frozen_runs_are_curves_too(tmp_path: Path) -> None:
     assert "gpt/polarity@all frozen k=0 0.550, k=1 0.600, k=2 0.650" in c.line
     md = result.markdown_path.read_text()
     assert "partial:k:frozen (the k loaded layers frozen, the rest trained):" in md
-    assert "| polarity | gpt | all | k=0: 0.550 ±0.025; k=1: 0.600 ±0.025; k=2: 0.650" in md
+    assert "| polarity | gpt | all | k=0: 0.550 ±0.039; k=1: 0.600 ±0.040; k=2: 0.650" in md
 
 
 # ------------------------------------------------------------------ paired verdicts (issue 15)

@@ -100,12 +100,18 @@ def test_fewer_than_two_seeds_gives_no_verdict() -> None:
     assert v.verdict == Verdict.INSUFFICIENT and v.mde is None and v.p_adjusted is None
 
 
-def test_a_constant_difference_is_significant_and_no_difference_is_not() -> None:
+def test_a_constant_difference_is_judged_by_the_sign_test_and_no_difference_is_not() -> None:
+    """Zero variance leaves t undefined: 2 or 3 identical differences (the demo's GPT steps,
+    both seeds one evaluation apart) are not evidence; 6 are (p = 2^-5)."""
     a = {0: 0.6, 1: 0.7, 2: 0.8}
     c = paired_t(a, {s: v - 0.1 for s, v in a.items()})
     assert isinstance(c, Comparison)
-    assert (c.p, c.sd) == (0.0, 0.0) and c.low == pytest.approx(0.1) == c.high
-    assert cell_verdict(c).verdict == Verdict.BETTER
+    assert (c.p, c.sd) == (0.25, 0.0) and c.low == pytest.approx(0.1) == c.high
+    assert cell_verdict(c).verdict == Verdict.NO_DIFFERENCE
+    six = {s: 0.5 + s / 100 for s in range(6)}
+    c6 = paired_t(six, {s: v - 0.1 for s, v in six.items()})
+    assert isinstance(c6, Comparison) and c6.p == pytest.approx(2**-5)
+    assert cell_verdict(c6).verdict == Verdict.BETTER
     same = paired_t(a, dict(a))
     assert same.p == 1.0 and cell_verdict(same).verdict == Verdict.NO_DIFFERENCE
 

@@ -19,7 +19,7 @@ from pipelines.report.findings import (
     single_layers,
 )
 from pipelines.report.scores import BASE, Data, Stat, versus_baseline_text
-from pipelines.report.sections_scores import MASK_PARAM, pretrain_rows
+from pipelines.report.sections_scores import MASK_PARAM, behind_transfer, pretrain_rows
 from storage.scores import cell_stats
 
 # ----------------------------------------------------------------------------------- modes
@@ -153,7 +153,7 @@ def section_masking(data: Data) -> tuple[Section, list[MaskingCell]]:
 
 def section_equal_budget(data: Data, plots: Plots) -> Section:
     sec = Section("7. Families side by side at equal pretraining budget")
-    pre = pretrain_rows(data)
+    pre = behind_transfer(pretrain_rows(data))
     tasks = sorted({k.task for k in data.cells()})
     if not pre:
         sec.text("Skipped: no finished pretrain runs with tokens/FLOPs/wall time.")

@@ -29,28 +29,43 @@ PRETRAIN_KEYS = ("valid_loss", "unigram_entropy", "entropy_gap", "tokens_seen", 
 
 
 def pretrain_rows(data: Data) -> list[dict[str, Any]]:
-    """Finished pretrain runs with their key metrics (sections 1 and 7)."""
+    """Finished pretrain runs with their key metrics (sections 1 and 7), each with the model
+    version it registered and whether transfer runs used it: a family retrained after a code
+    change has two runs, and only one of them is behind the transfer numbers."""
     if not data.has("runs", "metrics_latest"):
         return []
     pivots = ", ".join(f"max(m.value) filter (where m.key = '{k}') as {k}" for k in PRETRAIN_KEYS)
-    mask = "null"
-    join = ""
+    mask, version = "null", "null"
+    joins = ""
     if data.has("params"):
         mask = "any_value(try_cast(p.value as double))"
-        join = f"left join params p on p.run_id = r.run_id and p.key = '{MASK_PARAM}'"
+        joins += f" left join params p on p.run_id = r.run_id and p.key = '{MASK_PARAM}'"
+    if data.has("model_versions"):
+        version = "any_value(mv.name || ' v' || mv.version)"
+        joins += " left join model_versions mv on mv.run_id = r.run_id and mv.tags['point'] is null"
+    transferred = "r.run_id in (select t.pretrain_run_id from runs t where t.stage = 'transfer')"
     return data.rows(
         f"select r.run_id, r.family, r.run_name, r.tags['learned_little'] as learned_little, "
-        f"{pivots}, {mask} as mask_replace_prob from runs r "
-        f"left join metrics_latest m on m.run_id = r.run_id {join} "
+        f"{pivots}, {mask} as mask_replace_prob, {version} as version, "
+        f"{transferred} as transferred from runs r "
+        f"left join metrics_latest m on m.run_id = r.run_id{joins} "
         "where r.stage = 'pretrain' and r.status = 'FINISHED' "
         "group by r.run_id, r.family, r.run_name, r.tags, r.start_time "
         "order by r.family, r.start_time"
     )
 
 
+def behind_transfer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pretrain runs behind the transfer numbers, or every one when none has transfer runs
+    yet (a spec run `--until pretrain`)."""
+    return [r for r in rows if r["transferred"]] or rows
+
+
 PRETRAIN_HEADERS = [
     "family",
     "run",
+    "model version",
+    "transferred",
     "valid loss",
     "unigram entropy",
     "gap (nats)",
@@ -69,19 +84,20 @@ def section_pretraining(data: Data, plots: Plots) -> Section:
             "Skipped: no finished pretrain runs in the catalog (MLflow not read, or none yet)."
         )
         return sec
-    columns = ("family", "run_name", "valid_loss", "unigram_entropy", "entropy_gap",
-               "tokens_seen", "wall_s", "flops")  # fmt: skip
+    columns = ("valid_loss", "unigram_entropy", "entropy_gap", "tokens_seen", "wall_s", "flops")
     sec.table(
         PRETRAIN_HEADERS,
-        [[*(r[c] for c in columns), r["learned_little"] or "–"] for r in rows],
-    )
+        [[r["family"], r["run_name"], r["version"] or "–", "yes" if r["transferred"] else "no",
+          *(r[c] for c in columns), r["learned_little"] or "–"] for r in rows],
+    )  # fmt: skip
     little = sorted({r["family"] for r in rows if r["learned_little"] == "true"})
     if little:
         sec.text(
             f"**Learned little** (valid loss near unigram entropy): {', '.join(little)} — "
             "their transfer numbers measure word frequencies, not language."
         )
-    lm = [r for r in rows if r["valid_loss"] is not None and r["unigram_entropy"] is not None]
+    lm = [r for r in behind_transfer(rows)  # one bar pair per family
+          if r["valid_loss"] is not None and r["unigram_entropy"] is not None]  # fmt: skip
     if lm:
         fig = Figure(figsize=(6, 3.5))
         ax = fig.subplots()

@@ -578,3 +578,23 @@ def test_rows_of_two_task_fingerprints_never_pool(tmp_path: Path) -> None:
     assert all(s.n == 3 for s in found.values())
     md = build_report(layout.store, tmp_path / "out").markdown_path.read_text()
     assert "0.550" not in md
+
+
+def test_a_retrained_family_shows_which_version_transfer_used(tmp_path: Path) -> None:
+    """A family retrained after a code change has two finished pretrain runs; section 1 lists
+    both with their versions, and the equal-budget section compares only the transferred one."""
+    lab = make_lab(tmp_path)
+    try:
+        old = lab.pretrain("gpt", {}, {"valid_loss": 6.0, "tokens_seen": 1e6, "flops": 1e12})
+        new = lab.pretrain("gpt", {}, {"valid_loss": 5.0, "tokens_seen": 2e6, "flops": 3e12})
+        lab.transfer(new, "gpt", "polarity", "finetune", [0.7, 0.7])
+        refresh(lab.store, lab.uri)
+    finally:
+        mlflow.set_tracking_uri(None)
+    md = build_report(lab.store, tmp_path / "out", experiment="lab").markdown_path.read_text()
+    pretraining = md[md.index("## 1. Pretraining") : md.index("## 2.")]
+    assert "| gpt | pretrain-gpt | lab-gpt v1 | no | 6.000 |" in pretraining
+    assert "| gpt | pretrain-gpt | lab-gpt v2 | yes | 5.000 |" in pretraining
+    equal = md[md.index("## 7.") : md.index("## 8.")]
+    assert "tokens seen: 2e+06 to 2e+06" in equal and "1e+06" not in equal
+    assert old != new
